@@ -1,0 +1,132 @@
+"""The job queue is the jobs table: atomic claims, heartbeats, recovery of lost jobs."""
+
+import logging
+import os
+import socket
+from datetime import timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from app.db.models import Job
+from app.enums import EventType, JobStatus
+from app.ids import utcnow
+from app.jobs.events import add_event
+
+log = logging.getLogger(__name__)
+
+
+def make_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+
+
+def _process_is_gone(worker_id: str | None) -> bool:
+    """True when the worker ran on this host and its process no longer exists."""
+    if not worker_id:
+        return False
+    host, _, rest = worker_id.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def claim_next(session: Session, worker_id: str) -> str | None:
+    """Move the oldest queued job to running for `worker_id`; None when the queue is empty.
+
+    The conditional UPDATE is the claim: of two workers racing for one row, only
+    one sees rowcount 1. On PostgreSQL SKIP LOCKED also keeps them off each other's rows.
+    """
+    candidate = select(Job.id).where(Job.status == JobStatus.QUEUED)
+    candidate = candidate.order_by(Job.created_at, Job.id).limit(1)
+    if session.get_bind().dialect.name == "postgresql":
+        candidate = candidate.with_for_update(skip_locked=True)
+    job_id = session.scalar(candidate)
+    if job_id is None:
+        return None
+    now = utcnow()
+    claimed = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+        .values(
+            status=JobStatus.RUNNING,
+            worker_id=worker_id,
+            started_at=now,
+            heartbeat_at=now,
+            attempts=Job.attempts + 1,
+        )
+    )
+    if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    add_event(
+        session,
+        job_id,
+        EventType.STATUS,
+        "job running",
+        {
+            "status": JobStatus.RUNNING,
+            "worker": worker_id,
+        },
+    )
+    return job_id
+
+
+def heartbeat(session: Session, job_id: str, worker_id: str) -> bool:
+    """Record that `worker_id` still runs the job; False if the job is no longer its own."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == JobStatus.RUNNING)
+        .values(heartbeat_at=utcnow())
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def requeue_stale(session: Session, *, stale_after: float, max_attempts: int) -> list[str]:
+    """Recover running jobs whose worker is gone: back to the queue, or failed `worker_lost`."""
+    cutoff = utcnow() - timedelta(seconds=stale_after)
+    running = session.scalars(select(Job).where(Job.status == JobStatus.RUNNING)).all()
+    recovered = []
+    for job in running:
+        beat = job.heartbeat_at or job.started_at
+        silent = beat is None or beat < cutoff
+        if not (silent or _process_is_gone(job.worker_id)):
+            continue
+        lost_worker = job.worker_id
+        job.worker_id = None
+        if job.attempts < max_attempts and not job.cancel_requested:
+            job.status = JobStatus.QUEUED
+            session.flush()
+            add_event(
+                session,
+                job.id,
+                EventType.WARNING,
+                f"worker {lost_worker} stopped without finishing the job; it goes back "
+                f"to the queue (attempt {job.attempts} of {max_attempts} used)",
+                {"status": JobStatus.QUEUED, "worker": lost_worker},
+            )
+        else:
+            job.status = JobStatus.CANCELLED if job.cancel_requested else JobStatus.FAILED
+            job.finished_at = utcnow()
+            if job.status == JobStatus.FAILED:
+                job.error_code = "worker_lost"
+                job.error_message = (
+                    f"the worker running this job ({lost_worker}) stopped without finishing it, "
+                    f"{job.attempts} time(s); giving up after {max_attempts} attempt(s)"
+                )
+            session.flush()
+            add_event(
+                session,
+                job.id,
+                EventType.STATUS,
+                job.error_message or "job cancelled",
+                {"status": job.status, "code": job.error_code},
+            )
+        log.warning("recovered job %s from lost worker %s -> %s", job.id, lost_worker, job.status)
+        recovered.append(job.id)
+    return recovered

@@ -1,0 +1,374 @@
+"""run_job(job_id): one claimed job from data to a registered version, or a clean failure."""
+
+import logging
+import threading
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import select
+
+from app.db.models import Job
+from app.db.session import Database
+from app.enums import EventType, JobKind, JobStatus, Task, VersionKind
+from app.ids import utcnow
+from app.jobs.events import add_event
+from app.ml import architectures, serialization, strategies, tabular, training
+from app.ml.errors import DataError
+from app.ml.frames import column_dtype
+from app.services import datasets as datasets_service
+from app.services import registry as registry_service
+
+log = logging.getLogger(__name__)
+
+
+class JobCancelled(Exception):
+    """The user asked to cancel; raised from the per-epoch callback."""
+
+
+class WorkerStopping(Exception):
+    """The worker was told to shut down; the job goes back to the queue."""
+
+
+@dataclass
+class WorkerContext:
+    worker_id: str
+    stop: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class _Prepared:
+    """Everything training needs, built from the job's request and its data."""
+
+    model: Any
+    x: np.ndarray
+    y: np.ndarray
+    labels: np.ndarray | None
+    task: Task
+    feature_spec: dict[str, Any]
+    target_spec: dict[str, Any]
+    architecture: dict[str, Any]
+    signature: dict[str, Any]
+    version_fields: dict[str, Any]
+    warnings: list[str]
+    notes: list[str]
+
+
+def _signature(frame: pd.DataFrame, features: list[str], target: str, target_spec: dict) -> dict:
+    return {
+        "inputs": [{"name": name, "dtype": column_dtype(frame[name])} for name in features],
+        "classes": target_spec.get("classes"),
+        "target": target,
+    }
+
+
+def _class_warnings(frame: pd.DataFrame, target: str) -> list[str]:
+    observed = frame[target].dropna().unique()
+    if len(observed) == 1:
+        return [
+            f"the training data holds a single class ({observed[0]!r}): the model can only "
+            "learn to predict that class; add rows of other classes for a useful classifier"
+        ]
+    return []
+
+
+def _prepare_source(frame: pd.DataFrame, request: dict[str, Any], seed: int) -> _Prepared:
+    target = request["target_column"]
+    features = request.get("feature_columns") or [c for c in frame.columns if c != target]
+    task = Task(request.get("task") or tabular.infer_task(frame[target]))
+    feature_spec = tabular.fit_features(frame, features)
+    target_spec = tabular.fit_target(frame[target], task)
+    output_dim = len(target_spec["classes"]) if task == Task.CLASSIFICATION else 1
+    architecture = {
+        **request["architecture"],
+        "input_dim": feature_spec["input_dim"],
+        "output_dim": output_dim,
+    }
+    training.set_seed(seed)
+    model = architectures.build_model(architecture, feature_spec["input_dim"], output_dim)
+    x = tabular.transform_features(feature_spec, frame)
+    y = tabular.encode_target(target_spec, frame[target])
+    return _Prepared(
+        model=model,
+        x=x,
+        y=y,
+        labels=y if task == Task.CLASSIFICATION else None,
+        task=task,
+        feature_spec=feature_spec,
+        target_spec=target_spec,
+        architecture=architecture,
+        signature=_signature(frame, features, target, target_spec),
+        version_fields={
+            "kind": VersionKind.SOURCE,
+            "strategy": None,
+            "parent_name": None,
+            "parent_version": None,
+        },
+        warnings=_class_warnings(frame, target) if task == Task.CLASSIFICATION else [],
+        notes=[f"task: {task}; {len(features)} features -> {feature_spec['input_dim']} inputs"],
+    )
+
+
+def _prepare_fine_tuning(
+    db: Database, job: Job, frame: pd.DataFrame, request: dict[str, Any], seed: int
+) -> _Prepared:
+    assert job.base_model_name is not None and job.base_model_version is not None
+    with db.read_scope() as session:
+        base = registry_service.get_version(
+            session, job.base_model_name, job.base_model_version, with_weights=True
+        )
+    target = request["target_column"]
+    task = Task(base.task)
+    feature_spec = base.preprocessing["features"]
+    source_target = base.preprocessing["target"]
+    notes = [f"base model {base.model_name} version {base.version}; reusing its preprocessing"]
+    if task == Task.CLASSIFICATION:
+        observed = tabular.fit_target(frame[target], task)["classes"]
+        classes = tabular.merge_classes(source_target["classes"], observed)
+        target_spec = {**source_target, "classes": classes}
+        keep_head = classes == source_target["classes"]
+        if not keep_head:
+            new = classes[len(source_target["classes"]) :]
+            notes.append(f"output head replaced: the target brings new classes {new}")
+    else:
+        target_spec = source_target
+        keep_head = True
+    output_dim = len(target_spec["classes"]) if task == Task.CLASSIFICATION else 1
+    source_model = serialization.load_model(
+        base.architecture,
+        base.architecture["input_dim"],
+        base.architecture["output_dim"],
+        base.weights,
+    )
+    architecture = {**base.architecture, "output_dim": output_dim}
+    strategy = request["strategy"]
+    model = strategies.prepare_model(
+        strategy,
+        source_model,
+        architecture,
+        feature_spec["input_dim"],
+        output_dim,
+        keep_head=keep_head,
+        seed=seed,
+    )
+    trainable = strategies.trainable_parameter_names(model)
+    notes.append(f"strategy {strategy}: training {len(trainable)} parameter tensors")
+    x = tabular.transform_features(feature_spec, frame)
+    y = tabular.encode_target(target_spec, frame[target])
+    return _Prepared(
+        model=model,
+        x=x,
+        y=y,
+        labels=y if task == Task.CLASSIFICATION else None,
+        task=task,
+        feature_spec=feature_spec,
+        target_spec=target_spec,
+        architecture=architecture,
+        signature={**base.signature, "classes": target_spec.get("classes"), "target": target},
+        version_fields={
+            "kind": VersionKind.FINE_TUNED,
+            "strategy": strategy,
+            "parent_name": base.model_name,
+            "parent_version": base.version,
+        },
+        warnings=_class_warnings(frame, target) if task == Task.CLASSIFICATION else [],
+        notes=notes,
+    )
+
+
+class _Reporter:
+    """The per-epoch callback: one metrics event, progress, and the cancel/stop checks."""
+
+    def __init__(self, db: Database, job_id: str, context: WorkerContext) -> None:
+        self.db = db
+        self.job_id = job_id
+        self.context = context
+
+    def __call__(self, epoch: training.EpochMetrics) -> None:
+        metrics = epoch.as_dict()
+        with self.db.session_scope() as session:
+            job = session.get(Job, self.job_id)
+            assert job is not None
+            job.progress = {"epoch": epoch.epoch, "epochs": epoch.epochs}
+            job.heartbeat_at = utcnow()
+            add_event(session, self.job_id, EventType.METRICS, f"epoch {epoch.epoch}", metrics)
+            cancel = job.cancel_requested
+        if cancel:
+            raise JobCancelled
+        if self.context.stop.is_set():
+            raise WorkerStopping
+
+
+def _finish(
+    db: Database,
+    job_id: str,
+    context: WorkerContext,
+    status: JobStatus,
+    message: str,
+    **fields: Any,
+) -> None:
+    with db.session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        if job.status != JobStatus.RUNNING or job.worker_id != context.worker_id:
+            return
+        job.status = status
+        job.finished_at = utcnow()
+        for name, value in fields.items():
+            setattr(job, name, value)
+        add_event(
+            session,
+            job_id,
+            EventType.STATUS,
+            message,
+            {"status": status, "code": fields.get("error_code")},
+        )
+
+
+def _requeue(db: Database, job_id: str, worker_id: str) -> None:
+    with db.session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        job.status = JobStatus.QUEUED
+        job.worker_id = None
+        # A clean hand-back is not a failed attempt.
+        job.attempts = max(0, job.attempts - 1)
+        add_event(
+            session,
+            job_id,
+            EventType.STATUS,
+            f"worker {worker_id} is shutting down; job returned to the queue",
+            {"status": JobStatus.QUEUED},
+        )
+
+
+def run_job(db: Database, job_id: str, context: WorkerContext) -> JobStatus:
+    """Run a job this worker has claimed and record how it ended."""
+    with db.read_scope() as session:
+        job = session.scalars(select(Job).where(Job.id == job_id)).one()
+        request = dict(job.request)
+    hyper = request["hyperparameters"]
+    try:
+        with db.read_scope() as session:
+            frame = datasets_service.load_frame(session, job.dataset_id)
+        if job.kind == JobKind.SOURCE_TRAINING:
+            prepared = _prepare_source(frame, request, hyper["seed"])
+        else:
+            prepared = _prepare_fine_tuning(db, job, frame, request, hyper["seed"])
+        with db.session_scope() as session:
+            for note in prepared.notes:
+                add_event(session, job_id, EventType.LOG, note)
+            for warning in prepared.warnings:
+                add_event(session, job_id, EventType.WARNING, warning)
+        train_idx, val_idx = training.split_indices(
+            len(prepared.y), hyper["validation_fraction"], hyper["seed"], prepared.labels
+        )
+        result = training.fit(
+            prepared.model,
+            prepared.x[train_idx],
+            prepared.y[train_idx],
+            prepared.x[val_idx],
+            prepared.y[val_idx],
+            target_spec=prepared.target_spec,
+            epochs=hyper["epochs"],
+            batch_size=hyper["batch_size"],
+            learning_rate=hyper["learning_rate"],
+            weight_decay=hyper["weight_decay"],
+            optimizer=hyper["optimizer"],
+            early_stopping_patience=hyper["early_stopping_patience"],
+            seed=hyper["seed"],
+            on_epoch=_Reporter(db, job_id, context),
+        )
+    except JobCancelled:
+        _finish(db, job_id, context, JobStatus.CANCELLED, "job cancelled; no version was created")
+        return JobStatus.CANCELLED
+    except WorkerStopping:
+        _requeue(db, job_id, context.worker_id)
+        return JobStatus.QUEUED
+    except DataError as exc:
+        _finish(
+            db,
+            job_id,
+            context,
+            JobStatus.FAILED,
+            str(exc),
+            error_code=exc.code,
+            error_message=str(exc),
+        )
+        return JobStatus.FAILED
+    except Exception as exc:
+        log.exception("job %s failed", job_id)
+        message = f"{type(exc).__name__}: {exc}"
+        _finish(
+            db,
+            job_id,
+            context,
+            JobStatus.FAILED,
+            message,
+            error_code="internal_error",
+            error_message=message + "\n" + traceback.format_exc(limit=3),
+        )
+        return JobStatus.FAILED
+
+    weights = serialization.weights_to_bytes(prepared.model)
+    metrics = {
+        **result.metrics,
+        "epochs_run": result.epochs_run,
+        "best_epoch": result.best_epoch,
+        "stopped_early": result.stopped_early,
+        "rows": {"train": len(train_idx), "validation": len(val_idx)},
+    }
+    with db.session_scope() as session:
+        job_row = session.get(Job, job_id)
+        assert job_row is not None
+        if job_row.status != JobStatus.RUNNING or job_row.worker_id != context.worker_id:
+            # Recovery gave the job to another worker while this one was silent;
+            # only one of them may register a version.
+            log.warning("job %s is no longer ours (%s); result discarded", job_id, job_row.status)
+            return JobStatus(job_row.status)
+        if job_row.cancel_requested:
+            job_row.status = JobStatus.CANCELLED
+            job_row.finished_at = utcnow()
+            add_event(
+                session,
+                job_id,
+                EventType.STATUS,
+                "job cancelled; no version was created",
+                {"status": JobStatus.CANCELLED},
+            )
+            return JobStatus.CANCELLED
+        version = registry_service.register_version(
+            session,
+            name=job.model_name,
+            weights=weights,
+            job_id=job_id,
+            dataset_id=job.dataset_id,
+            task=prepared.task,
+            signature=prepared.signature,
+            architecture=prepared.architecture,
+            hyperparameters=hyper,
+            preprocessing={"features": prepared.feature_spec, "target": prepared.target_spec},
+            metrics=metrics,
+            size_bytes=len(weights),
+            sha256=serialization.sha256_hex(weights),
+            **prepared.version_fields,
+        )
+        job_row.status = JobStatus.SUCCEEDED
+        job_row.finished_at = utcnow()
+        job_row.metrics = metrics
+        job_row.result_model_name = version.model_name
+        job_row.result_version = version.version
+        add_event(
+            session,
+            job_id,
+            EventType.STATUS,
+            f"job succeeded: {version.model_name} version {version.version}",
+            {
+                "status": JobStatus.SUCCEEDED,
+                "model_name": version.model_name,
+                "version": version.version,
+            },
+        )
+    return JobStatus.SUCCEEDED

@@ -1,0 +1,148 @@
+"""Worker processes: the loop that claims and runs jobs, and the pool the API starts."""
+
+import logging
+import multiprocessing
+import signal
+import threading
+import time
+from multiprocessing.process import BaseProcess
+from types import FrameType
+
+from app.config import Settings
+from app.db.session import Database
+from app.jobs import queue
+from app.jobs.runner import WorkerContext, run_job
+
+log = logging.getLogger(__name__)
+
+# Recovery sweeps are cheap but need not run on every poll.
+_SWEEP_EVERY_SECONDS = 5.0
+
+
+class _Heartbeat:
+    """Beats for the running job from a thread, so a long epoch never looks like a lost worker."""
+
+    def __init__(self, db: Database, job_id: str, worker_id: str, period: float) -> None:
+        self._db, self._job_id, self._worker_id, self._period = db, job_id, worker_id, period
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+
+    def __enter__(self) -> "_Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._done.wait(self._period):
+            try:
+                with self._db.session_scope() as session:
+                    queue.heartbeat(session, self._job_id, self._worker_id)
+            except Exception:  # a missed beat is retried; it must not kill the job
+                log.exception("heartbeat for job %s failed", self._job_id)
+
+
+def run_worker(settings: Settings, stop: threading.Event | None = None) -> None:
+    """Claim and run jobs until `stop` is set (SIGTERM and SIGINT set it too)."""
+    import torch
+
+    torch.set_num_threads(settings.worker_torch_threads)
+    context = WorkerContext(worker_id=queue.make_worker_id(), stop=stop or threading.Event())
+    if threading.current_thread() is threading.main_thread():
+
+        def _request_stop(signum: int, _frame: FrameType | None) -> None:
+            log.info(
+                "worker %s: signal %d, stopping after the current epoch", context.worker_id, signum
+            )
+            context.stop.set()
+
+        signal.signal(signal.SIGTERM, _request_stop)
+        signal.signal(signal.SIGINT, _request_stop)
+    db = Database(settings.resolved_database_url)
+    log.info("worker %s started", context.worker_id)
+    last_sweep = 0.0
+    try:
+        while not context.stop.is_set():
+            if time.monotonic() - last_sweep >= _SWEEP_EVERY_SECONDS:
+                last_sweep = time.monotonic()
+                with db.session_scope() as session:
+                    queue.requeue_stale(
+                        session,
+                        stale_after=settings.stale_after_seconds,
+                        max_attempts=settings.max_attempts,
+                    )
+            with db.session_scope() as session:
+                job_id = queue.claim_next(session, context.worker_id)
+            if job_id is None:
+                context.stop.wait(settings.worker_poll_seconds)
+                continue
+            log.info("worker %s: running job %s", context.worker_id, job_id)
+            with _Heartbeat(db, job_id, context.worker_id, settings.heartbeat_seconds):
+                status = run_job(db, job_id, context)
+            log.info("worker %s: job %s ended %s", context.worker_id, job_id, status)
+    finally:
+        db.dispose()
+        log.info("worker %s stopped", context.worker_id)
+
+
+def _worker_process_main(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    run_worker(settings)
+
+
+class LocalWorkerPool:
+    """The embedded default: `settings.workers` processes, restarted if one dies."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        # spawn, not fork: the API process holds threads and database connections.
+        self._context = multiprocessing.get_context("spawn")
+        self._processes: list[BaseProcess] = []
+        self._closing = threading.Event()
+        self._supervisor: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._processes = [self._spawn() for _ in range(self._settings.workers)]
+        self._supervisor = threading.Thread(target=self._supervise, name="workers", daemon=True)
+        self._supervisor.start()
+
+    def _spawn(self) -> BaseProcess:
+        process = self._context.Process(
+            target=_worker_process_main, args=(self._settings,), name="graft-worker", daemon=True
+        )
+        process.start()
+        return process
+
+    def _supervise(self) -> None:
+        while not self._closing.wait(1.0):
+            for index, process in enumerate(self._processes):
+                if not process.is_alive() and not self._closing.is_set():
+                    log.warning(
+                        "worker pid %s exited (%s); starting another", process.pid, process.exitcode
+                    )
+                    self._processes[index] = self._spawn()
+
+    def alive(self) -> int:
+        return sum(process.is_alive() for process in self._processes)
+
+    def pids(self) -> list[int]:
+        return [process.pid for process in self._processes if process.pid is not None]
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM every worker (each hands its job back at the next epoch), then wait."""
+        self._closing.set()
+        if self._supervisor is not None:
+            self._supervisor.join()
+        for process in self._processes:
+            if process.is_alive():
+                process.terminate()
+        deadline = time.monotonic() + timeout
+        for process in self._processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join()

@@ -1,0 +1,41 @@
+from datetime import datetime
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from app.schemas.common import RequestSchema, Schema
+
+BuiltinName = Literal["iris", "wine", "breast_cancer", "digits", "diabetes"]
+
+
+class ColumnRead(Schema):
+    name: str
+    dtype: str
+
+
+class DatasetRead(Schema):
+    id: str
+    name: str
+    format: str
+    rows: int
+    columns: list[ColumnRead]
+    size_bytes: int
+    sha256: str
+    created_at: datetime
+
+
+class BuiltinDatasetCreate(RequestSchema):
+    name: BuiltinName = Field(description="A dataset that ships with scikit-learn.")
+    start: int | None = Field(None, ge=0, description="First row (inclusive), after shuffling.")
+    stop: int | None = Field(None, ge=1, description="Last row (exclusive), after shuffling.")
+    shuffle_seed: int | None = Field(
+        None, ge=0, description="Shuffle the rows with this seed before taking the range."
+    )
+
+    model_config = {"json_schema_extra": {"examples": [{"name": "iris", "start": 0, "stop": 100}]}}
+
+    @model_validator(mode="after")
+    def _range_is_ordered(self) -> "BuiltinDatasetCreate":
+        if self.start is not None and self.stop is not None and self.start >= self.stop:
+            raise ValueError(f"start ({self.start}) must be less than stop ({self.stop})")
+        return self

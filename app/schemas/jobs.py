@@ -1,0 +1,140 @@
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from app.enums import EventType, JobKind, JobStatus, Strategy, Task
+from app.schemas.common import RequestSchema, Schema
+
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+ALIAS_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
+
+
+class Architecture(RequestSchema):
+    type: Literal["mlp"] = "mlp"
+    hidden_layers: list[int] = Field(
+        default_factory=lambda: [64, 64], max_length=16, description="Width of each hidden layer."
+    )
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    activation: Literal["relu", "gelu", "tanh", "sigmoid", "leaky_relu", "silu"] = "relu"
+
+    @model_validator(mode="after")
+    def _widths_in_range(self) -> "Architecture":
+        for index, width in enumerate(self.hidden_layers):
+            if not 1 <= width <= 4096:
+                raise ValueError(f"hidden_layers[{index}] is {width}; expected 1 to 4096")
+        return self
+
+
+class Hyperparameters(RequestSchema):
+    epochs: int = Field(100, ge=1, le=10_000)
+    batch_size: int = Field(32, ge=1, le=65_536)
+    learning_rate: float = Field(1e-3, gt=0.0, le=10.0)
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    validation_fraction: float = Field(0.2, ge=0.0, le=0.5)
+    early_stopping_patience: int | None = Field(
+        None, ge=1, le=10_000, description="Stop after this many epochs without a better val_loss."
+    )
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+
+
+class SourceTrainingCreate(RequestSchema):
+    dataset_id: str
+    target_column: str
+    model_name: str = Field(pattern=MODEL_NAME_PATTERN)
+    feature_columns: list[str] | None = Field(
+        None, min_length=1, description="Default: every column but the target."
+    )
+    task: Task | None = Field(None, description="Default: inferred from the target column.")
+    architecture: Architecture = Field(default_factory=Architecture)
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "dataset_id": "ds_replace_with_your_dataset_id",
+                    "target_column": "target",
+                    "model_name": "iris-source",
+                    "architecture": {"type": "mlp", "hidden_layers": [10, 10]},
+                    "hyperparameters": {"epochs": 100, "learning_rate": 0.01, "seed": 0},
+                }
+            ]
+        }
+    }
+
+
+class BaseModelRef(RequestSchema):
+    name: str
+    version: int | None = Field(None, ge=1)
+    alias: str | None = None
+
+    @model_validator(mode="after")
+    def _one_selector(self) -> "BaseModelRef":
+        if self.version is not None and self.alias is not None:
+            raise ValueError("give either version or alias, not both")
+        return self
+
+
+class FineTuningCreate(RequestSchema):
+    base_model: BaseModelRef
+    dataset_id: str
+    target_column: str
+    model_name: str = Field(pattern=MODEL_NAME_PATTERN)
+    strategy: Strategy
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "base_model": {"name": "iris-source", "version": 1},
+                    "dataset_id": "ds_replace_with_your_dataset_id",
+                    "target_column": "target",
+                    "model_name": "iris-target",
+                    "strategy": "feature",
+                    "hyperparameters": {"epochs": 50, "learning_rate": 0.01},
+                }
+            ]
+        }
+    }
+
+
+class Progress(Schema):
+    epoch: int = 0
+    epochs: int = 0
+
+
+class JobResult(Schema):
+    model_name: str
+    version: int
+
+
+class JobError(Schema):
+    code: str
+    message: str
+
+
+class JobRead(Schema):
+    id: str
+    kind: JobKind
+    status: JobStatus
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    request: dict[str, Any]
+    progress: Progress
+    metrics: dict[str, Any] | None
+    result: JobResult | None
+    error: JobError | None
+    attempts: int
+    cancel_requested: bool
+
+
+class EventRead(Schema):
+    seq: int
+    created_at: datetime
+    type: EventType
+    message: str
+    data: dict[str, Any] | None

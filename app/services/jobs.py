@@ -1,0 +1,275 @@
+"""Job use cases: validate and submit, read, list, cancel, read events."""
+
+import hashlib
+import json
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.db.models import Dataset, Job, JobEvent, ModelVersion
+from app.enums import EventType, JobKind, JobStatus, Task
+from app.errors import Conflict, Invalid, NotFound
+from app.ids import new_id, utcnow
+from app.jobs.events import add_event
+from app.schemas.jobs import FineTuningCreate, SourceTrainingCreate
+from app.services import datasets as datasets_service
+from app.services import registry as registry_service
+from app.services.pagination import paginate
+
+_NUMERIC_DTYPES = {"int64", "float64", "bool"}
+_FEATURE_DTYPES = _NUMERIC_DTYPES | {"string", "category"}
+
+
+def _columns(dataset: Dataset) -> dict[str, str]:
+    return {column["name"]: column["dtype"] for column in dataset.columns}
+
+
+def _require_target(dataset: Dataset, target: str, columns: dict[str, str]) -> None:
+    if target not in columns:
+        raise Invalid(
+            "column_not_found",
+            f"target column {target!r} is not in dataset {dataset.id}; "
+            f"its columns are {list(columns)}",
+        )
+
+
+def _check_source_request(dataset: Dataset, request: SourceTrainingCreate) -> None:
+    columns = _columns(dataset)
+    _require_target(dataset, request.target_column, columns)
+    features = request.feature_columns or [c for c in columns if c != request.target_column]
+    missing = [c for c in features if c not in columns]
+    if missing:
+        raise Invalid(
+            "column_not_found",
+            f"feature column(s) {missing} are not in dataset {dataset.id}; "
+            f"its columns are {list(columns)}",
+        )
+    if request.target_column in features:
+        raise Invalid(
+            "invalid_feature_columns",
+            f"the target column {request.target_column!r} cannot also be a feature",
+        )
+    duplicated = sorted({c for c in features if features.count(c) > 1})
+    if duplicated:
+        raise Invalid("invalid_feature_columns", f"feature column(s) {duplicated} repeated")
+    if not features:
+        raise Invalid("invalid_feature_columns", "the dataset has no column besides the target")
+    unusable = [f"{c} ({columns[c]})" for c in features if columns[c] not in _FEATURE_DTYPES]
+    if unusable:
+        raise Invalid(
+            "unsupported_dtype",
+            f"feature column(s) {unusable} have a type Graft cannot use; expected numbers, "
+            "booleans or categories (strings)",
+        )
+    target_dtype = columns[request.target_column]
+    if request.task == Task.REGRESSION and target_dtype not in _NUMERIC_DTYPES:
+        raise Invalid(
+            "invalid_target",
+            f"task is regression but target column {request.target_column!r} holds "
+            f"{target_dtype} values; expected numbers",
+        )
+    if dataset.rows < 2:
+        raise Invalid("dataset_too_small", f"dataset {dataset.id} has {dataset.rows} row(s)")
+
+
+def _check_fine_tuning_request(
+    dataset: Dataset, request: FineTuningCreate, base: ModelVersion
+) -> None:
+    columns = _columns(dataset)
+    _require_target(dataset, request.target_column, columns)
+    expected = base.signature["inputs"]
+    names = [column["name"] for column in expected]
+    missing = [name for name in names if name not in columns]
+    if missing:
+        raise Invalid(
+            "feature_mismatch",
+            f"{base.model_name} version {base.version} expects {len(names)} features {names}; "
+            f"dataset {dataset.id} lacks {missing}",
+        )
+    wrong_type = [
+        f"{column['name']} (model: {column['dtype']}, dataset: {columns[column['name']]})"
+        for column in expected
+        if (column["dtype"] in _NUMERIC_DTYPES) != (columns[column["name"]] in _NUMERIC_DTYPES)
+    ]
+    if wrong_type:
+        raise Invalid(
+            "feature_mismatch",
+            f"feature types differ from {base.model_name} version {base.version}: {wrong_type}",
+        )
+    if request.target_column in names:
+        raise Invalid(
+            "invalid_target",
+            f"{request.target_column!r} is an input of the base model, so it cannot be the target",
+        )
+    if base.task == Task.REGRESSION and columns[request.target_column] not in _NUMERIC_DTYPES:
+        raise Invalid(
+            "target_mismatch",
+            f"the base model does regression but target column {request.target_column!r} "
+            f"holds {columns[request.target_column]} values; expected numbers",
+        )
+
+
+def _request_hash(kind: JobKind, body: dict[str, Any]) -> str:
+    canonical = json.dumps({"kind": kind, "body": body}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _replay(session: Session, key: str, digest: str) -> Job | None:
+    existing = session.scalar(select(Job).where(Job.idempotency_key == key))
+    if existing is None:
+        return None
+    if existing.request_hash != digest:
+        raise Invalid(
+            "idempotency_key_reused",
+            f"Idempotency-Key {key!r} was used for a different request (job {existing.id}); "
+            "use a new key for a new job",
+        )
+    return existing
+
+
+def _insert(
+    session: Session,
+    *,
+    kind: JobKind,
+    body: dict[str, Any],
+    idempotency_key: str | None,
+    **columns: Any,
+) -> tuple[Job, bool]:
+    digest = _request_hash(kind, body)
+    if idempotency_key is not None:
+        replayed = _replay(session, idempotency_key, digest)
+        if replayed is not None:
+            return replayed, False
+    epochs = body["hyperparameters"]["epochs"]
+    job = Job(
+        id=new_id("job"),
+        kind=kind,
+        status=JobStatus.QUEUED,
+        created_at=utcnow(),
+        request=body,
+        progress={"epoch": 0, "epochs": epochs},
+        idempotency_key=idempotency_key,
+        request_hash=digest,
+        cancel_requested=False,
+        attempts=0,
+        next_event_seq=1,
+        **columns,
+    )
+    try:
+        with session.begin_nested():
+            session.add(job)
+            session.flush()
+    except IntegrityError:
+        # Another request with the same key won the race; hand back its job.
+        if idempotency_key is None:
+            raise
+        replayed = _replay(session, idempotency_key, digest)
+        if replayed is None:
+            raise
+        return replayed, False
+    add_event(session, job.id, EventType.STATUS, "job queued", {"status": JobStatus.QUEUED})
+    return job, True
+
+
+def submit_source_training(
+    session: Session, request: SourceTrainingCreate, idempotency_key: str | None = None
+) -> tuple[Job, bool]:
+    """Validate what can be checked now and queue a source-training job.
+
+    Returns the job and whether it was created (False for an idempotent replay).
+    """
+    dataset = datasets_service.get(session, request.dataset_id)
+    _check_source_request(dataset, request)
+    return _insert(
+        session,
+        kind=JobKind.SOURCE_TRAINING,
+        body=request.model_dump(mode="json"),
+        idempotency_key=idempotency_key,
+        dataset_id=dataset.id,
+        model_name=request.model_name,
+    )
+
+
+def submit_fine_tuning(
+    session: Session, request: FineTuningCreate, idempotency_key: str | None = None
+) -> tuple[Job, bool]:
+    """Resolve and pin the base version, validate the target data, queue the job."""
+    ref = request.base_model
+    base = registry_service.resolve(session, ref.name, version=ref.version, alias=ref.alias)
+    dataset = datasets_service.get(session, request.dataset_id)
+    _check_fine_tuning_request(dataset, request, base)
+    return _insert(
+        session,
+        kind=JobKind.FINE_TUNING,
+        body=request.model_dump(mode="json"),
+        idempotency_key=idempotency_key,
+        dataset_id=dataset.id,
+        model_name=request.model_name,
+        base_model_name=base.model_name,
+        base_model_version=base.version,
+    )
+
+
+def get(session: Session, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound("job_not_found", f"no job with id {job_id!r}")
+    return job
+
+
+def list_jobs(
+    session: Session,
+    *,
+    status: JobStatus | None,
+    kind: JobKind | None,
+    limit: int,
+    after: str | None,
+) -> tuple[list[Job], bool]:
+    query = select(Job)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if kind is not None:
+        query = query.where(Job.kind == kind)
+    return paginate(session, query, created_at=Job.created_at, key=Job.id, limit=limit, after=after)
+
+
+def cancel(session: Session, job_id: str) -> Job:
+    """Cancel a queued job now, or ask its worker to stop a running one at the next epoch."""
+    job = get(session, job_id)
+    if JobStatus(job.status).is_final:
+        raise Conflict("job_finished", f"job {job_id} already ended with status {job.status}")
+    if job.status == JobStatus.QUEUED:
+        job.status = JobStatus.CANCELLED
+        job.finished_at = utcnow()
+        job.cancel_requested = True
+        session.flush()
+        add_event(
+            session,
+            job.id,
+            EventType.STATUS,
+            "job cancelled before it started",
+            {"status": JobStatus.CANCELLED},
+        )
+    elif not job.cancel_requested:
+        job.cancel_requested = True
+        session.flush()
+        add_event(
+            session,
+            job.id,
+            EventType.LOG,
+            "cancellation requested; the worker stops at the end of the current epoch",
+        )
+    return job
+
+
+def list_events(
+    session: Session, job_id: str, *, after: int | None, limit: int
+) -> tuple[list[JobEvent], bool]:
+    get(session, job_id)
+    query = select(JobEvent).where(JobEvent.job_id == job_id)
+    if after is not None:
+        query = query.where(JobEvent.seq > after)
+    rows = list(session.scalars(query.order_by(JobEvent.seq).limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
