@@ -1,0 +1,11 @@
+"""The /v1 router, assembled from one router per resource."""
+
+from fastapi import APIRouter
+
+from app.api.routes import datasets, jobs, models, predictions
+
+api_router = APIRouter(prefix="/v1")
+api_router.include_router(datasets.router)
+api_router.include_router(jobs.router)
+api_router.include_router(models.router)
+api_router.include_router(predictions.router)

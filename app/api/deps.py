@@ -1,0 +1,47 @@
+"""Typed dependency aliases: routes ask for what they need by type."""
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Query, Request
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.db.session import Database
+from app.serving.cache import ModelCache
+
+
+def get_database(request: Request) -> Database:
+    database: Database = request.app.state.database
+    return database
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """A writing unit of work: committed when the route returns, rolled back if it raises."""
+    with get_database(request).session_scope() as session:
+        yield session
+
+
+def get_read_session(request: Request) -> Iterator[Session]:
+    with get_database(request).read_scope() as session:
+        yield session
+
+
+def get_settings_dep(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_model_cache(request: Request) -> ModelCache:
+    cache: ModelCache = request.app.state.model_cache
+    return cache
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+ReadSessionDep = Annotated[Session, Depends(get_read_session)]
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+ModelCacheDep = Annotated[ModelCache, Depends(get_model_cache)]
+LimitQuery = Annotated[int, Query(ge=1, le=200, description="Page size.")]
+AfterQuery = Annotated[
+    str | None, Query(description="Cursor: the id of the last item of the previous page.")
+]

@@ -1,0 +1,142 @@
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response, status
+
+from app.api.deps import AfterQuery, LimitQuery, ReadSessionDep, SessionDep
+from app.db.models import Job
+from app.enums import JobKind, JobStatus
+from app.schemas.common import Page, problem_responses
+from app.schemas.jobs import EventRead, FineTuningCreate, JobRead, SourceTrainingCreate
+from app.services import jobs as jobs_service
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=200,
+        description="Repeat a request with the same key to get the first job back.",
+    ),
+]
+
+
+def to_read(job: Job) -> JobRead:
+    result = None
+    if job.result_model_name is not None and job.result_version is not None:
+        result = {"model_name": job.result_model_name, "version": job.result_version}
+    error = None
+    if job.error_code is not None:
+        error = {"code": job.error_code, "message": job.error_message or ""}
+    return JobRead.model_validate(
+        {
+            "id": job.id,
+            "kind": job.kind,
+            "status": job.status,
+            "created_at": job.created_at,
+            "started_at": job.started_at,
+            "finished_at": job.finished_at,
+            "request": job.request,
+            "progress": job.progress,
+            "metrics": job.metrics,
+            "result": result,
+            "error": error,
+            "attempts": job.attempts,
+            "cancel_requested": job.cancel_requested,
+        }
+    )
+
+
+def _accepted(response: Response, job: Job, created: bool) -> JobRead:
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return to_read(job)
+
+
+@router.post(
+    "/source-training",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobRead,
+    summary="Train a model on a source dataset",
+    responses=problem_responses(404, 422),
+)
+def create_source_training_job(
+    session: SessionDep,
+    response: Response,
+    body: SourceTrainingCreate,
+    idempotency_key: IdempotencyKey = None,
+) -> JobRead:
+    """Queue a source-training job; a worker trains it and registers a new version."""
+    job, created = jobs_service.submit_source_training(session, body, idempotency_key)
+    return _accepted(response, job, created)
+
+
+@router.post(
+    "/fine-tuning",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobRead,
+    summary="Fine-tune a model version on a target dataset",
+    responses=problem_responses(404, 422),
+)
+def create_fine_tuning_job(
+    session: SessionDep,
+    response: Response,
+    body: FineTuningCreate,
+    idempotency_key: IdempotencyKey = None,
+) -> JobRead:
+    """Queue a fine-tuning job with the `parameter`, `feature` or `structure` strategy."""
+    job, created = jobs_service.submit_fine_tuning(session, body, idempotency_key)
+    return _accepted(response, job, created)
+
+
+@router.get("", response_model=Page[JobRead], summary="List jobs")
+def list_jobs(
+    session: ReadSessionDep,
+    status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
+    kind: JobKind | None = None,
+    limit: LimitQuery = 50,
+    after: AfterQuery = None,
+) -> Page[JobRead]:
+    """Jobs, newest first, optionally filtered by status and kind."""
+    rows, has_more = jobs_service.list_jobs(
+        session, status=status_filter, kind=kind, limit=limit, after=after
+    )
+    return Page[JobRead](data=[to_read(job) for job in rows], has_more=has_more)
+
+
+@router.get(
+    "/{job_id}", response_model=JobRead, summary="Get a job", responses=problem_responses(404)
+)
+def get_job(session: ReadSessionDep, job_id: str) -> JobRead:
+    """One job: status, progress, metrics, result or error."""
+    return to_read(jobs_service.get(session, job_id))
+
+
+@router.post(
+    "/{job_id}/cancel",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobRead,
+    summary="Cancel a job",
+    responses=problem_responses(404, 409),
+)
+def cancel_job(session: SessionDep, job_id: str) -> JobRead:
+    """Cancel a queued job at once, or a running one at the end of its current epoch."""
+    return to_read(jobs_service.cancel(session, job_id))
+
+
+@router.get(
+    "/{job_id}/events",
+    response_model=Page[EventRead],
+    summary="List a job's events",
+    responses=problem_responses(404),
+)
+def list_job_events(
+    session: ReadSessionDep,
+    job_id: str,
+    after: Annotated[int | None, Query(ge=0, description="Return events after this seq.")] = None,
+    limit: LimitQuery = 50,
+) -> Page[EventRead]:
+    """The job's events (status, per-epoch metrics, logs, warnings), oldest first."""
+    rows, has_more = jobs_service.list_events(session, job_id, after=after, limit=limit)
+    return Page[EventRead](data=[EventRead.model_validate(r) for r in rows], has_more=has_more)

@@ -1,0 +1,164 @@
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Response, status
+from sqlalchemy.orm import Session
+
+from app.api.deps import AfterQuery, LimitQuery, ReadSessionDep, SessionDep
+from app.db.models import ModelVersion, RegisteredModel
+from app.schemas.common import Page, problem_responses
+from app.schemas.jobs import ALIAS_PATTERN
+from app.schemas.models import AliasRead, AliasUpdate, ModelVersionRead, RegisteredModelRead
+from app.services import registry as registry_service
+
+router = APIRouter(prefix="/models", tags=["models"])
+
+AliasPath = Annotated[
+    str, Path(pattern=ALIAS_PATTERN, description="A letter, then letters, digits, '_' or '-'.")
+]
+VersionPath = Annotated[int, Path(ge=1)]
+
+
+def model_to_read(session: Session, model: RegisteredModel) -> RegisteredModelRead:
+    return RegisteredModelRead(
+        name=model.name,
+        created_at=model.created_at,
+        latest_version=registry_service.latest_version(session, model.name),
+        aliases=registry_service.aliases_of_model(session, model.name),
+    )
+
+
+def version_to_read(session: Session, version: ModelVersion) -> ModelVersionRead:
+    parent = None
+    if version.parent_name is not None and version.parent_version is not None:
+        parent = {"name": version.parent_name, "version": version.parent_version}
+    return ModelVersionRead.model_validate(
+        {
+            "name": version.model_name,
+            "version": version.version,
+            "created_at": version.created_at,
+            "job_id": version.job_id,
+            "kind": version.kind,
+            "strategy": version.strategy,
+            "parent": parent,
+            "dataset_id": version.dataset_id,
+            "task": version.task,
+            "signature": version.signature,
+            "architecture": version.architecture,
+            "hyperparameters": version.hyperparameters,
+            "preprocessing": version.preprocessing,
+            "metrics": version.metrics,
+            "size_bytes": version.size_bytes,
+            "sha256": version.sha256,
+            "aliases": registry_service.aliases_of_version(session, version),
+        }
+    )
+
+
+@router.get("", response_model=Page[RegisteredModelRead], summary="List registered models")
+def list_models(
+    session: ReadSessionDep, limit: LimitQuery = 50, after: AfterQuery = None
+) -> Page[RegisteredModelRead]:
+    """Registered models, newest first (`after` is a model name)."""
+    rows, has_more = registry_service.list_models(session, limit=limit, after=after)
+    return Page[RegisteredModelRead](
+        data=[model_to_read(session, m) for m in rows], has_more=has_more
+    )
+
+
+@router.get(
+    "/{name}",
+    response_model=RegisteredModelRead,
+    summary="Get a registered model",
+    responses=problem_responses(404),
+)
+def get_model(session: ReadSessionDep, name: str) -> RegisteredModelRead:
+    """A model's latest version number and aliases."""
+    return model_to_read(session, registry_service.get_model(session, name))
+
+
+@router.get(
+    "/{name}/versions",
+    response_model=Page[ModelVersionRead],
+    summary="List a model's versions",
+    responses=problem_responses(404),
+)
+def list_versions(
+    session: ReadSessionDep,
+    name: str,
+    limit: LimitQuery = 50,
+    after: Annotated[int | None, Query(ge=1, description="Cursor: a version number.")] = None,
+) -> Page[ModelVersionRead]:
+    """Versions, newest first."""
+    rows, has_more = registry_service.list_versions(session, name, limit=limit, after=after)
+    return Page[ModelVersionRead](
+        data=[version_to_read(session, v) for v in rows], has_more=has_more
+    )
+
+
+@router.get(
+    "/{name}/versions/{version}",
+    response_model=ModelVersionRead,
+    summary="Get a version",
+    responses=problem_responses(404),
+)
+def get_version(session: ReadSessionDep, name: str, version: VersionPath) -> ModelVersionRead:
+    """Signature, preprocessing, architecture, hyperparameters, metrics and lineage."""
+    return version_to_read(session, registry_service.get_version(session, name, version))
+
+
+@router.delete(
+    "/{name}/versions/{version}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete a version",
+    responses=problem_responses(404, 409),
+)
+def delete_version(session: SessionDep, name: str, version: VersionPath) -> Response:
+    """Refused (409) while an alias points at it or a queued/running job builds on it."""
+    registry_service.delete_version(session, name, version)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get(
+    "/{name}/versions/{version}/weights",
+    summary="Download a version's weights (safetensors)",
+    response_class=Response,
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "safetensors file"},
+        **problem_responses(404),
+    },
+)
+def download_weights(session: ReadSessionDep, name: str, version: VersionPath) -> Response:
+    """The state dict as a safetensors file; its sha256 is in the ETag and the version."""
+    found = registry_service.get_version(session, name, version, with_weights=True)
+    return Response(
+        content=found.weights,
+        media_type="application/octet-stream",
+        headers={
+            "Content-Disposition": f'attachment; filename="{name}-v{version}.safetensors"',
+            "ETag": f'"{found.sha256}"',
+        },
+    )
+
+
+@router.put(
+    "/{name}/aliases/{alias}",
+    response_model=AliasRead,
+    summary="Set or move an alias",
+    responses=problem_responses(404, 422),
+)
+def set_alias(session: SessionDep, name: str, alias: AliasPath, body: AliasUpdate) -> AliasRead:
+    """Point `alias` at a version; a moved alias takes effect on the next request."""
+    row = registry_service.set_alias(session, name, alias, body.version)
+    return AliasRead(name=row.model_name, alias=row.alias, version=row.version)
+
+
+@router.delete(
+    "/{name}/aliases/{alias}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Remove an alias",
+    responses=problem_responses(404),
+)
+def delete_alias(session: SessionDep, name: str, alias: str) -> Response:
+    """Remove an alias; the version it pointed at is kept."""
+    registry_service.delete_alias(session, name, alias)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

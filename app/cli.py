@@ -1,0 +1,70 @@
+"""`graft serve | worker | migrate`."""
+
+import argparse
+import logging
+import sys
+
+from app.config import get_settings
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def _migrate() -> None:
+    # Alembic announces each of its plugins at INFO when imported.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    from app.db import migrate
+
+    settings = get_settings()
+    if settings.database_url is None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    migrate.upgrade(settings.resolved_database_url)
+    print(f"database at revision {migrate.head_revision()}", file=sys.stderr)
+
+
+def _serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from app.main import create_app
+
+    settings = get_settings()
+    if not args.no_migrate:
+        _migrate()
+    uvicorn.run(
+        create_app(settings),
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        log_level=settings.log_level,
+    )
+
+
+def _worker() -> None:
+    from app.jobs.worker import run_worker
+
+    run_worker(get_settings())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="graft", description="Graft transfer-learning service")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="apply migrations, start the API and its workers")
+    serve.add_argument("--host", default=None)
+    serve.add_argument("--port", type=int, default=None)
+    serve.add_argument("--no-migrate", action="store_true", help="skip `graft migrate`")
+    commands.add_parser("worker", help="run one worker process (claims and runs jobs)")
+    commands.add_parser("migrate", help="bring the database schema to the newest migration")
+    args = parser.parse_args(argv)
+    _configure_logging(get_settings().log_level)
+    if args.command == "serve":
+        _serve(args)
+    elif args.command == "worker":
+        _worker()
+    else:
+        _migrate()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""The FastAPI application: create_app() wires settings, storage, workers and routes."""
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.api import api_router
+from app.api.docs import add_docs
+from app.api.limits import BodyLimitMiddleware
+from app.api.problems import add_exception_handlers
+from app.api.routes import health
+from app.config import Settings, get_settings
+from app.db.session import Database
+from app.jobs.worker import LocalWorkerPool
+from app.serving.cache import ModelCache
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """
+Graft trains a model on a large **source** dataset, then adapts it to a small **target**
+dataset with a transfer strategy, keeps every model version, and serves predictions.
+
+1. Add data: `POST /v1/datasets` (CSV, Parquet, JSON Lines) or `POST /v1/datasets/builtin`.
+2. Train: `POST /v1/jobs/source-training`; watch `GET /v1/jobs/{id}` and its events.
+3. Transfer: `POST /v1/jobs/fine-tuning` with strategy `parameter`, `feature` or `structure`.
+4. Predict: `POST /v1/models/{name}/predict`.
+
+Errors are RFC 9457 problem details (`application/problem+json`) with a stable `code`.
+"""
+
+TAGS = [
+    {"name": "datasets", "description": "Upload or import tabular data; schemas are inferred."},
+    {"name": "jobs", "description": "Source training and fine-tuning run as background jobs."},
+    {"name": "models", "description": "The registry: versions, lineage, aliases, weights."},
+    {"name": "predictions", "description": "Serve predictions from any version or alias."},
+    {"name": "operations", "description": "Liveness and readiness."},
+]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.database_url is None:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        app.state.settings = settings
+        app.state.database = Database(settings.resolved_database_url)
+        app.state.model_cache = ModelCache(settings.model_cache_size)
+        app.state.worker_pool = None
+        if settings.workers > 0:
+            app.state.worker_pool = LocalWorkerPool(settings)
+            app.state.worker_pool.start()
+        try:
+            yield
+        finally:
+            if app.state.worker_pool is not None:
+                app.state.worker_pool.stop()
+            app.state.database.dispose()
+
+    app = FastAPI(
+        title="Graft",
+        version="0.1.0",
+        summary="Transfer learning as a service: train, fine-tune, version, serve.",
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.add_middleware(
+        BodyLimitMiddleware,
+        default_limit=settings.max_request_bytes,
+        upload_limit=settings.max_upload_bytes,
+    )
+    add_exception_handlers(app)
+    app.include_router(health.router)
+    app.include_router(api_router)
+    add_docs(app)
+    return app
