@@ -49,6 +49,9 @@ def run_worker(settings: Settings, stop: threading.Event | None = None) -> None:
     import torch
 
     torch.set_num_threads(settings.worker_torch_threads)
+    # The first optimizer built in a process imports torch._dynamo (seconds); pay
+    # that while idle, not inside the first job.
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
     context = WorkerContext(worker_id=queue.make_worker_id(), stop=stop or threading.Event())
     if threading.current_thread() is threading.main_thread():
 
