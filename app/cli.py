@@ -11,11 +11,11 @@ def _configure_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # Alembic announces each of its plugins at INFO when it is imported.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
 def _migrate() -> None:
-    # Alembic announces each of its plugins at INFO when imported.
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     from app.db import migrate
 
     settings = get_settings()

@@ -4,6 +4,10 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# Version numbers and sequence numbers are stored as 32-bit integers; larger values
+# can only be typos, and would overflow the database driver.
+MAX_INT32 = 2**31 - 1
+
 
 class Schema(BaseModel):
     model_config = ConfigDict(from_attributes=True)

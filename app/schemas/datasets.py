@@ -3,7 +3,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from app.schemas.common import RequestSchema, Schema
+from app.schemas.common import MAX_INT32, RequestSchema, Schema
 
 BuiltinName = Literal["iris", "wine", "breast_cancer", "digits", "diabetes"]
 
@@ -26,10 +26,17 @@ class DatasetRead(Schema):
 
 class BuiltinDatasetCreate(RequestSchema):
     name: BuiltinName = Field(description="A dataset that ships with scikit-learn.")
-    start: int | None = Field(None, ge=0, description="First row (inclusive), after shuffling.")
-    stop: int | None = Field(None, ge=1, description="Last row (exclusive), after shuffling.")
+    start: int | None = Field(
+        None, ge=0, le=MAX_INT32, description="First row (inclusive), after shuffling."
+    )
+    stop: int | None = Field(
+        None, ge=1, le=MAX_INT32, description="Last row (exclusive), after shuffling."
+    )
     shuffle_seed: int | None = Field(
-        None, ge=0, description="Shuffle the rows with this seed before taking the range."
+        None,
+        ge=0,
+        le=2**32 - 1,
+        description="Shuffle the rows with this seed before taking the range.",
     )
 
     model_config = {"json_schema_extra": {"examples": [{"name": "iris", "start": 0, "stop": 100}]}}

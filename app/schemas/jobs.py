@@ -4,7 +4,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from app.enums import EventType, JobKind, JobStatus, Strategy, Task
-from app.schemas.common import RequestSchema, Schema
+from app.schemas.common import MAX_INT32, RequestSchema, Schema
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 ALIAS_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
@@ -67,7 +67,7 @@ class SourceTrainingCreate(RequestSchema):
 
 class BaseModelRef(RequestSchema):
     name: str
-    version: int | None = Field(None, ge=1)
+    version: int | None = Field(None, ge=1, le=MAX_INT32)
     alias: str | None = None
 
     @model_validator(mode="after")

@@ -4,7 +4,7 @@ from typing import Any
 from pydantic import Field
 
 from app.enums import Strategy, Task, VersionKind
-from app.schemas.common import RequestSchema, Schema
+from app.schemas.common import MAX_INT32, RequestSchema, Schema
 from app.schemas.datasets import ColumnRead
 
 
@@ -47,7 +47,7 @@ class ModelVersionRead(Schema):
 
 
 class AliasUpdate(RequestSchema):
-    version: int = Field(ge=1, examples=[1])
+    version: int = Field(ge=1, le=MAX_INT32, examples=[1])
 
 
 class AliasRead(Schema):

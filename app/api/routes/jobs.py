@@ -5,7 +5,7 @@ from fastapi import APIRouter, Header, Query, Response, status
 from app.api.deps import AfterQuery, LimitQuery, ReadSessionDep, SessionDep
 from app.db.models import Job
 from app.enums import JobKind, JobStatus
-from app.schemas.common import Page, problem_responses
+from app.schemas.common import MAX_INT32, Page, problem_responses
 from app.schemas.jobs import EventRead, FineTuningCreate, JobRead, SourceTrainingCreate
 from app.services import jobs as jobs_service
 
@@ -134,7 +134,9 @@ def cancel_job(session: SessionDep, job_id: str) -> JobRead:
 def list_job_events(
     session: ReadSessionDep,
     job_id: str,
-    after: Annotated[int | None, Query(ge=0, description="Return events after this seq.")] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=MAX_INT32, description="Return events after this seq.")
+    ] = None,
     limit: LimitQuery = 50,
 ) -> Page[EventRead]:
     """The job's events (status, per-epoch metrics, logs, warnings), oldest first."""

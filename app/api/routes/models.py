@@ -5,7 +5,7 @@ from sqlalchemy.orm import Session
 
 from app.api.deps import AfterQuery, LimitQuery, ReadSessionDep, SessionDep
 from app.db.models import ModelVersion, RegisteredModel
-from app.schemas.common import Page, problem_responses
+from app.schemas.common import MAX_INT32, Page, problem_responses
 from app.schemas.jobs import ALIAS_PATTERN
 from app.schemas.models import AliasRead, AliasUpdate, ModelVersionRead, RegisteredModelRead
 from app.services import registry as registry_service
@@ -15,7 +15,7 @@ router = APIRouter(prefix="/models", tags=["models"])
 AliasPath = Annotated[
     str, Path(pattern=ALIAS_PATTERN, description="A letter, then letters, digits, '_' or '-'.")
 ]
-VersionPath = Annotated[int, Path(ge=1)]
+VersionPath = Annotated[int, Path(ge=1, le=MAX_INT32)]
 
 
 def model_to_read(session: Session, model: RegisteredModel) -> RegisteredModelRead:
@@ -86,7 +86,9 @@ def list_versions(
     session: ReadSessionDep,
     name: str,
     limit: LimitQuery = 50,
-    after: Annotated[int | None, Query(ge=1, description="Cursor: a version number.")] = None,
+    after: Annotated[
+        int | None, Query(ge=1, le=MAX_INT32, description="Cursor: a version number.")
+    ] = None,
 ) -> Page[ModelVersionRead]:
     """Versions, newest first."""
     rows, has_more = registry_service.list_versions(session, name, limit=limit, after=after)

@@ -4,7 +4,7 @@ from fastapi import APIRouter, Query
 
 from app.api.deps import ModelCacheDep, ReadSessionDep
 from app.errors import Invalid
-from app.schemas.common import problem_responses
+from app.schemas.common import MAX_INT32, problem_responses
 from app.schemas.predictions import PredictRequest, PredictResponse
 from app.services import predictions as predictions_service
 
@@ -22,7 +22,7 @@ def predict(
     cache: ModelCacheDep,
     name: str,
     body: PredictRequest,
-    version: Annotated[int | None, Query(ge=1)] = None,
+    version: Annotated[int | None, Query(ge=1, le=MAX_INT32)] = None,
     alias: Annotated[str | None, Query()] = None,
 ) -> dict[str, Any]:
     """Predict with a version, an alias, or by default `production`, else the latest."""
