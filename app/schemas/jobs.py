@@ -116,6 +116,11 @@ class JobError(Schema):
     message: str
 
 
+class PinnedModel(Schema):
+    name: str
+    version: int
+
+
 class JobRead(Schema):
     id: str
     kind: JobKind
@@ -128,6 +133,9 @@ class JobRead(Schema):
     metrics: dict[str, Any] | None
     result: JobResult | None
     error: JobError | None
+    base_model: PinnedModel | None = Field(
+        None, description="The exact version a fine-tuning job builds on, pinned when queued."
+    )
     attempts: int
     cancel_requested: bool
 

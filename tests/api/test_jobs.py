@@ -183,6 +183,7 @@ class TestFineTuningValidation:
         response = client.post("/v1/jobs/fine-tuning", json=self.body(iris_target["id"]))
         assert response.status_code == 202, response.text
         assert response.json()["kind"] == "fine_tuning"
+        assert response.json()["base_model"] == {"name": "iris-src", "version": 1}
 
     def test_unknown_model_version_alias(
         self, client: TestClient, source_model: dict[str, Any], iris_target: dict[str, Any]

@@ -43,6 +43,9 @@ def to_read(job: Job) -> JobRead:
             "error": error,
             "attempts": job.attempts,
             "cancel_requested": job.cancel_requested,
+            "base_model": None
+            if job.base_model_name is None
+            else {"name": job.base_model_name, "version": job.base_model_version},
         }
     )
 
