@@ -6,7 +6,6 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from sqlalchemy import select
 
@@ -43,9 +42,7 @@ class _Prepared:
     """Everything training needs, built from the job's request and its data."""
 
     model: Any
-    x: np.ndarray
-    y: np.ndarray
-    labels: np.ndarray | None
+    target: str
     task: Task
     feature_spec: dict[str, Any]
     target_spec: dict[str, Any]
@@ -88,13 +85,9 @@ def _prepare_source(frame: pd.DataFrame, request: dict[str, Any], seed: int) -> 
     }
     training.set_seed(seed)
     model = architectures.build_model(architecture, feature_spec["input_dim"], output_dim)
-    x = tabular.transform_features(feature_spec, frame)
-    y = tabular.encode_target(target_spec, frame[target])
     return _Prepared(
         model=model,
-        x=x,
-        y=y,
-        labels=y if task == Task.CLASSIFICATION else None,
+        target=target,
         task=task,
         feature_spec=feature_spec,
         target_spec=target_spec,
@@ -155,13 +148,9 @@ def _prepare_fine_tuning(
     )
     trainable = strategies.trainable_parameter_names(model)
     notes.append(f"strategy {strategy}: training {len(trainable)} parameter tensors")
-    x = tabular.transform_features(feature_spec, frame)
-    y = tabular.encode_target(target_spec, frame[target])
     return _Prepared(
         model=model,
-        x=x,
-        y=y,
-        labels=y if task == Task.CLASSIFICATION else None,
+        target=target,
         task=task,
         feature_spec=feature_spec,
         target_spec=target_spec,
@@ -262,15 +251,18 @@ def run_job(db: Database, job_id: str, context: WorkerContext) -> JobStatus:
                 add_event(session, job_id, EventType.LOG, note)
             for warning in prepared.warnings:
                 add_event(session, job_id, EventType.WARNING, warning)
+        x = tabular.transform_features(prepared.feature_spec, frame)
+        y = tabular.encode_target(prepared.target_spec, frame[prepared.target])
+        labels = y if prepared.task == Task.CLASSIFICATION else None
         train_idx, val_idx = training.split_indices(
-            len(prepared.y), hyper["validation_fraction"], hyper["seed"], prepared.labels
+            len(y), hyper["validation_fraction"], hyper["seed"], labels
         )
         result = training.fit(
             prepared.model,
-            prepared.x[train_idx],
-            prepared.y[train_idx],
-            prepared.x[val_idx],
-            prepared.y[val_idx],
+            x[train_idx],
+            y[train_idx],
+            x[val_idx],
+            y[val_idx],
             target_spec=prepared.target_spec,
             epochs=hyper["epochs"],
             batch_size=hyper["batch_size"],
