@@ -50,3 +50,4 @@ class DatasetFormat(StrEnum):
     CSV = "csv"
     PARQUET = "parquet"
     JSONL = "jsonl"
+    NPZ = "npz"
