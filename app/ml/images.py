@@ -274,8 +274,9 @@ def _images(x: np.ndarray) -> np.ndarray:
     bad = np.argwhere(~np.isfinite(images))
     if len(bad):
         at = ", ".join(str(int(i)) for i in bad[0])
+        value = _plain(x[tuple(bad[0])])
         raise DataError(
-            f"X[{at}] is {x[tuple(bad[0])]!r}; expected finite numbers (no NaN or infinity, "
+            f"X[{at}] is {value!r}; expected finite numbers (no NaN or infinity, "
             "and within float32 range)"
         )
     return images
