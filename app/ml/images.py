@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from app.ml.errors import DataError
+from app.ml.frames import column_dtype, load_builtin
 
 IMAGE_COLUMN = "image"
 LABEL_COLUMN = "y"
@@ -45,8 +46,6 @@ class ImageSet:
 
     def columns(self) -> list[dict[str, Any]]:
         """The dataset's schema as the API shows it: the image column, then the labels."""
-        from app.ml.frames import column_dtype
-
         return [
             {"name": IMAGE_COLUMN, "dtype": self.stored_dtype, "shape": self.shape},
             {"name": LABEL_COLUMN, "dtype": column_dtype(self.labels)},
@@ -103,8 +102,6 @@ def load_builtin_images(
     name: str, start: int | None, stop: int | None, shuffle_seed: int | None
 ) -> tuple[ImageSet, list[Any]]:
     """A scikit-learn image dataset (digits: 8x8, one channel) and its full class list."""
-    from app.ml.frames import load_builtin
-
     if name not in BUILTIN_IMAGE_SHAPES:
         raise DataError(
             f"{name} is not an image dataset; as_images works for {sorted(BUILTIN_IMAGE_SHAPES)}",
