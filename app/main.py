@@ -11,6 +11,8 @@ from app.api.docs import add_docs
 from app.api.limits import BodyLimitMiddleware
 from app.api.problems import add_exception_handlers
 from app.api.routes import health
+from app.api.v2.errors import scope_exception_handlers
+from app.api.v2.routes import router as v2_router
 from app.config import Settings, get_settings
 from app.db.session import Database
 from app.jobs.worker import LocalWorkerPool
@@ -36,6 +38,10 @@ TAGS = [
     {"name": "models", "description": "The registry: versions, lineage, aliases, weights."},
     {"name": "predictions", "description": "Serve predictions from any version or alias."},
     {"name": "operations", "description": "Liveness and readiness."},
+    {
+        "name": "inference protocol (v2)",
+        "description": "The Open Inference Protocol (KServe, Triton): tensors in, tensors out.",
+    },
 ]
 
 
@@ -76,7 +82,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         upload_limit=settings.max_upload_bytes,
     )
     add_exception_handlers(app)
+    scope_exception_handlers(app)
     app.include_router(health.router)
     app.include_router(api_router)
+    app.include_router(v2_router)
     add_docs(app)
     return app
