@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from app.config import Settings
 from app.main import create_app
+from app.services import inference
 from tests.helpers import assert_problem
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]
@@ -245,6 +246,23 @@ class TestInfer:
 
 
 class TestInferErrors:
+    def test_inflated_body_over_the_limit_is_413(self, settings: Settings) -> None:
+        small = settings.model_copy(update={"max_request_bytes": 200})
+        with TestClient(create_app(small)) as client:
+            raw = json.dumps(matrix([[0.0, 0.0, 0.0, 0.0]] * 50)).encode()
+            packed = gzip.compress(raw)
+            assert len(packed) < 200 < len(raw)
+            response = client.post(
+                "/v2/models/iris-source/infer",
+                content=packed,
+                headers={"Content-Encoding": "gzip"},
+            )
+            assert_v2_error(response, 413, "200 bytes")
+            unknown = client.post(
+                "/v2/models/iris-source/infer", content=b"{}", headers={"Content-Encoding": "br"}
+            )
+            assert_v2_error(unknown, 400, "br")
+
     def test_wrong_width(self, trained_client: TestClient) -> None:
         assert_v2_error(
             infer(trained_client, matrix([[1.0, 2.0, 3.0]])), 400, "[1, 3]", "expected [N, 4]"
@@ -373,6 +391,16 @@ class TestInferErrors:
         assert_v2_error(post(header + tensor + b"xx", str(len(header))), 400, "2 bytes")
         assert_v2_error(post(header + tensor, "9999"), 400, "9999")
         assert_v2_error(post(header + tensor, "ten"), 400, "integer")
+
+    def test_a_crash_is_500_in_the_protocol_form(
+        self, trained_client: TestClient, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        def crash(*args: Any, **kwargs: Any) -> None:
+            raise RuntimeError("boom")
+
+        monkeypatch.setattr(inference, "predict_rows", crash)
+        message = assert_v2_error(infer(trained_client, matrix([SETOSA])), 500, "logged")
+        assert "boom" not in message
 
     def test_unknown_model_version_and_route(self, trained_client: TestClient) -> None:
         assert_v2_error(infer(trained_client, matrix([SETOSA]), "/v2/models/nope/infer"), 404)

@@ -218,11 +218,11 @@ def _infer(request: Request, body: bytes, name: str, version: str | None) -> Res
     body = _decompressed(body, request.headers.get("content-encoding"), state)
     decoded = decode_request(body, _header_length(request))
     header = decoded.header
+    started = time.perf_counter()
     with state.database.read_scope() as session:
         found = _resolve(session, name, version)
         rows = mapping.rows_from_tensors(decoded.inputs, mapping.features_of(found))
         wanted, binary = _selected_outputs(header, mapping.output_names(found))
-        started = time.perf_counter()
         try:
             result = inference.predict_rows(session, state.model_cache, found, rows)
         except AppError as exc:
@@ -230,8 +230,7 @@ def _infer(request: Request, body: bytes, name: str, version: str | None) -> Res
         elapsed = time.perf_counter() - started
     metrics = getattr(state, "metrics", None)
     if metrics is not None:
-        metrics.observe_prediction(found.model_name, found.version, len(rows), elapsed)
-        metrics.record_batch(found.model_name, found.version, rows=len(rows), requests=1)
+        metrics.observe_unbatched_prediction(found.model_name, found.version, len(rows), elapsed)
     outputs = [o for o in mapping.outputs_from_prediction(found, result) if o.name in wanted]
     outputs.sort(key=lambda o: wanted.index(o.name))
     response_header: dict[str, Any] = {
