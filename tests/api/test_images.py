@@ -460,3 +460,49 @@ class TestPredict:
         response = self.predict(images_client, {"instances": [[[1], 2, 3, 4]]}, model="iris")
         body = assert_problem(response, 422, "invalid_data")
         assert "expected a number" in body["detail"]
+
+
+class TestOpenInferenceProtocol:
+    """Image versions through /v2: the tensor is the image batch, not a column per pixel."""
+
+    def test_metadata_advertises_the_image_shape(self, images_client: TestClient) -> None:
+        response = images_client.get("/v2/models/digits-parameter")
+        assert response.status_code == 200, response.text
+        inputs = response.json()["inputs"]
+        assert inputs == [{"name": "image", "datatype": "FP32", "shape": [-1, 1, 8, 8]}]
+
+    def test_every_tensor_shape_gives_the_v1_answer(self, images_client: TestClient) -> None:
+        images, _ = digits(5, 10, 150, 160)
+        expected = images_client.post(
+            "/v1/models/digits-parameter/predict",
+            json={"instances": [image.tolist() for image in images]},
+        ).json()["predictions"]
+        forms = {
+            "image": images.reshape(10, 1, 8, 8),
+            "input": images.reshape(10, 8, 8),
+        }
+        forms_flat = images.reshape(10, 64)
+        for name, tensor in [*forms.items(), ("image", forms_flat)]:
+            body = {
+                "inputs": [
+                    {
+                        "name": name,
+                        "datatype": "FP32",
+                        "shape": list(tensor.shape),
+                        "data": tensor.ravel().tolist(),
+                    }
+                ]
+            }
+            response = images_client.post("/v2/models/digits-parameter/infer", json=body)
+            assert response.status_code == 200, response.text
+            outputs = {o["name"]: o for o in response.json()["outputs"]}
+            assert outputs["predictions"]["data"] == expected
+            assert outputs["probabilities"]["shape"] == [10, 10]
+
+    def test_a_wrong_image_shape_is_a_protocol_error(self, images_client: TestClient) -> None:
+        body = {
+            "inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 7, 8], "data": [0] * 56}]
+        }
+        response = images_client.post("/v2/models/digits-parameter/infer", json=body)
+        assert response.status_code == 400
+        assert "expected one of [-1, 1, 8, 8]" in response.json()["error"]

@@ -6,6 +6,9 @@ Inputs, two forms (the server accepts either for any model):
 - columns: one input per feature, named by column, shape [N] (or [N, 1]). Numeric features
   take a numeric datatype, string and category features BYTES (UTF-8). Advertised when the
   signature has a string feature, and always listed under the metadata's `features`.
+- images (CNN versions): one input named as the signature's image input (`image`), FP32 (any
+  numeric datatype accepted) of shape [N, C, H, W]; [N, H, W] for one channel and the flat
+  [N, C*H*W] are accepted too, as are the names `image` and `input` alike.
 Outputs:
 - `predictions` [N]: class labels for a classifier (BYTES for string labels, INT64, FP64 or
   BOOL for labels of those types), the value for a regressor (FP64, as /v1 returns it).
@@ -36,7 +39,17 @@ class Feature:
     datatype: str  # what the metadata advertises for this feature's own tensor
 
 
+def image_shape(version: ModelVersion) -> list[int] | None:
+    """C, H, W for an image model, None for a tabular one."""
+    spec = version.preprocessing["features"]
+    if spec.get("kind") != "image":
+        return None
+    return [int(size) for size in spec["shape"]]
+
+
 def features_of(version: ModelVersion) -> list[Feature]:
+    if image_shape(version) is not None:
+        return [Feature(column["name"], True, "FP32") for column in version.signature["inputs"]]
     kinds = {c["name"]: c["kind"] for c in version.preprocessing["features"]["columns"]}
     features = []
     for column in version.signature["inputs"]:
@@ -67,7 +80,13 @@ def output_names(version: ModelVersion) -> list[str]:
 def metadata(version: ModelVersion, versions: list[int]) -> ModelMetadata:
     features = features_of(version)
     per_feature = [TensorMetadata(name=f.name, datatype=f.datatype, shape=[-1]) for f in features]
-    if all(f.numeric for f in features):
+    shape = image_shape(version)
+    if shape is not None:
+        per_feature = [
+            TensorMetadata(name=f.name, datatype="FP32", shape=[-1, *shape]) for f in features
+        ]
+        inputs = per_feature
+    elif all(f.numeric for f in features):
         inputs = [TensorMetadata(name=MATRIX_INPUT, datatype="FP32", shape=[-1, len(features)])]
     else:
         inputs = per_feature
@@ -90,6 +109,41 @@ def metadata(version: ModelVersion, versions: list[int]) -> ModelMetadata:
         classes=classes if version.task == "classification" else None,
         features=per_feature,
     )
+
+
+def rows_for(version: ModelVersion, tensors: list[Tensor]) -> list[list[Any]]:
+    """Rows in the form the prediction path takes, for this version's kind of input."""
+    shape = image_shape(version)
+    if shape is not None:
+        return _rows_from_images(tensors, features_of(version)[0].name, shape)
+    return rows_from_tensors(tensors, features_of(version))
+
+
+def _rows_from_images(tensors: list[Tensor], name: str, shape: list[int]) -> list[list[Any]]:
+    channels, height, width = shape
+    accepted = [[-1, channels, height, width], [-1, channels * height * width]]
+    if channels == 1:
+        accepted.insert(1, [-1, height, width])
+    if len(tensors) != 1 or tensors[0].name not in (name, MATRIX_INPUT):
+        raise V2Error(
+            400,
+            f"expected one input {name!r} of shape {accepted[0]} for this image model; got "
+            f"inputs {sorted(t.name for t in tensors)}",
+        )
+    tensor = tensors[0]
+    if tensor.datatype == "BYTES":
+        raise V2Error(400, f"input {tensor.name!r} must be numeric (FP32, FP64, ...), not BYTES")
+    given = list(tensor.shape)
+    if not given or not any(given[1:] == form[1:] for form in accepted):
+        raise V2Error(
+            400,
+            f"input {tensor.name!r} has shape {given}; expected one of "
+            f"{', '.join(str(form) for form in accepted)}",
+        )
+    if given[0] == 0:
+        raise V2Error(400, "no rows: the batch dimension is 0")
+    rows: list[list[Any]] = _plain(tensor.values).reshape(given[0], -1).tolist()
+    return rows
 
 
 def rows_from_tensors(tensors: list[Tensor], features: list[Feature]) -> list[list[Any]]:

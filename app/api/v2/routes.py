@@ -221,7 +221,7 @@ def _infer(request: Request, body: bytes, name: str, version: str | None) -> Res
     started = time.perf_counter()
     with state.database.read_scope() as session:
         found = _resolve(session, name, version)
-        rows = mapping.rows_from_tensors(decoded.inputs, mapping.features_of(found))
+        rows = mapping.rows_for(found, decoded.inputs)
         wanted, binary = _selected_outputs(header, mapping.output_names(found))
         try:
             result = inference.predict_rows(session, state.model_cache, found, rows)
