@@ -2,8 +2,9 @@
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -30,6 +31,36 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"
+
+    # Jobs that hold: time limits, live events, executors (issue 3).
+    job_timeout_seconds: float = Field(
+        86_400.0, gt=0, description="Default time limit of one run of a job (timeout_seconds)."
+    )
+    events_poll_seconds: float = Field(
+        0.25, gt=0, description="How often the API looks for new events of a watched job."
+    )
+    events_keepalive_seconds: float = Field(
+        15.0, gt=0, description="Idle time after which an event stream sends a comment."
+    )
+    executor: Literal["local", "celery"] = Field(
+        "local", description="local: worker processes of the API or `graft worker`; celery."
+    )
+    broker_url: str | None = Field(
+        None, description="Celery broker (redis://… or amqp://…) for GRAFT_EXECUTOR=celery."
+    )
+    celery_queue: str = Field("graft", description="Celery queue that job messages go to.")
+    sweep_seconds: float = Field(
+        5.0, gt=0, description="How often workers look for jobs whose worker was lost."
+    )
+
+    @model_validator(mode="after")
+    def _celery_needs_a_broker(self) -> "Settings":
+        if self.executor == "celery" and not self.broker_url:
+            raise ValueError(
+                "GRAFT_EXECUTOR=celery needs GRAFT_BROKER_URL (redis://host:6379/0 or "
+                "amqp://user:password@host:5672//)"
+            )
+        return self
 
     @property
     def resolved_database_url(self) -> str:
