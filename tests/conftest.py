@@ -1,9 +1,14 @@
+import os
+import secrets
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import Engine, create_engine, inspect, make_url, text
 
 from app.config import Settings
 from app.db import migrate
@@ -19,10 +24,80 @@ def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+# PostgreSQL runs of the database tests: tests (or modules) marked `postgres` run once on
+# SQLite and once on PostgreSQL, the latter only when this variable names a server.
+POSTGRES_VARIABLE = "GRAFT_TEST_DATABASE_URL"
+POSTGRES_SKIP = (
+    f"set {POSTGRES_VARIABLE}=postgresql+psycopg://user@host:5432/db to also run the "
+    "database tests on PostgreSQL"
+)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "db_backend" in metafunc.fixturenames and metafunc.definition.get_closest_marker("postgres"):
+        metafunc.parametrize("db_backend", ["sqlite", "postgresql"], indirect=True)
+
+
 @pytest.fixture
-def settings(tmp_path: Path, migrated_template: Path) -> Settings:
+def db_backend(request: pytest.FixtureRequest) -> str:
+    backend: str = getattr(request, "param", "sqlite")
+    return backend
+
+
+@cache
+def _admin_engine(server_url: str) -> Engine:
+    return create_engine(server_url, isolation_level="AUTOCOMMIT", pool_size=1)
+
+
+@contextmanager
+def fresh_postgres_database(purpose: str) -> Iterator[str]:
+    """A database of its own on the test server, dropped afterwards: test sessions that
+    run at the same time against the same server never see each other's rows."""
+    server_url = os.environ.get(POSTGRES_VARIABLE)
+    if not server_url:
+        pytest.skip(POSTGRES_SKIP)
+    name = f"graft_test_{os.getpid()}_{secrets.token_hex(3)}_{purpose}"
+    admin = _admin_engine(server_url)
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL database migrated once for the whole session."""
+    with fresh_postgres_database("suite") as url:
+        migrate.upgrade(url)
+        yield url
+
+
+@cache
+def _suite_engine(url: str) -> Engine:
+    return create_engine(url, pool_size=1)
+
+
+def empty_postgres(url: str) -> None:
+    """Per-test isolation: every table emptied (far cheaper than migrating again)."""
+    engine = _suite_engine(url)
+    tables = [t for t in inspect(engine).get_table_names() if t != "alembic_version"]
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+
+
+@pytest.fixture
+def settings(
+    tmp_path: Path, migrated_template: Path, db_backend: str, request: pytest.FixtureRequest
+) -> Settings:
     data_dir = tmp_path / "data"
     data_dir.mkdir()
+    if db_backend == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+        empty_postgres(url)
+        return Settings(data_dir=data_dir, workers=0, database_url=url)
     shutil.copy(migrated_template, data_dir / "graft.db")
     return Settings(data_dir=data_dir, workers=0)
 

@@ -2,8 +2,10 @@
 
 import logging
 import threading
+import time
 import traceback
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import pandas as pd
@@ -30,10 +32,16 @@ class WorkerStopping(Exception):
     """The worker was told to shut down; the job goes back to the queue."""
 
 
+class JobTimedOut(Exception):
+    """The run went past the job's time limit; raised between batches or epochs."""
+
+
 @dataclass
 class WorkerContext:
     worker_id: str
     stop: threading.Event = field(default_factory=threading.Event)
+    # The time limit of a job whose request names none (GRAFT_JOB_TIMEOUT_SECONDS).
+    job_timeout_seconds: float | None = None
 
 
 @dataclass
@@ -170,19 +178,52 @@ def _prepare_fine_tuning(
 
 
 class _Reporter:
-    """The per-epoch callback: one metrics event, progress, and the cancel/stop checks."""
+    """The per-epoch callback: one metrics event, progress, and the cancel/stop/time checks."""
 
-    def __init__(self, db: Database, job_id: str, context: WorkerContext) -> None:
+    def __init__(
+        self,
+        db: Database,
+        job_id: str,
+        context: WorkerContext,
+        *,
+        time_limit: float | None,
+        started: float,
+        epochs: int,
+    ) -> None:
         self.db = db
         self.job_id = job_id
         self.context = context
+        self.time_limit = time_limit
+        self.started = started
+        self.deadline = None if time_limit is None else started + time_limit
+        self.training_started = time.monotonic()
+        self.epoch = 0
+        self.epochs = epochs
+
+    def check_deadline(self) -> None:
+        """Cheap enough to call after every batch, so a long epoch cannot overrun the limit."""
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise JobTimedOut(
+                f"the job ran longer than its time limit of {self.time_limit:g} s and was "
+                f"stopped after epoch {self.epoch} of {self.epochs}; raise timeout_seconds "
+                "in the request, or lower epochs or the data size"
+            )
 
     def __call__(self, epoch: training.EpochMetrics) -> None:
+        self.epoch, self.epochs = epoch.epoch, epoch.epochs
         metrics = epoch.as_dict()
+        # Epochs cost about the same, so the average so far predicts the rest; early
+        # stopping can only make the estimate pessimistic.
+        per_epoch = (time.monotonic() - self.training_started) / epoch.epoch
+        finish = utcnow() + timedelta(seconds=per_epoch * (epoch.epochs - epoch.epoch))
         with self.db.session_scope() as session:
             job = session.get(Job, self.job_id)
             assert job is not None
-            job.progress = {"epoch": epoch.epoch, "epochs": epoch.epochs}
+            job.progress = {
+                "epoch": epoch.epoch,
+                "epochs": epoch.epochs,
+                "estimated_finish_at": finish.isoformat(),
+            }
             job.heartbeat_at = utcnow()
             add_event(session, self.job_id, EventType.METRICS, f"epoch {epoch.epoch}", metrics)
             cancel = job.cancel_requested
@@ -190,6 +231,8 @@ class _Reporter:
             raise JobCancelled
         if self.context.stop.is_set():
             raise WorkerStopping
+        if epoch.epoch < epoch.epochs:
+            self.check_deadline()
 
 
 def _finish(
@@ -237,10 +280,12 @@ def _requeue(db: Database, job_id: str, worker_id: str) -> None:
 
 def run_job(db: Database, job_id: str, context: WorkerContext) -> JobStatus:
     """Run a job this worker has claimed and record how it ended."""
+    started = time.monotonic()
     with db.read_scope() as session:
         job = session.scalars(select(Job).where(Job.id == job_id)).one()
         request = dict(job.request)
     hyper = request["hyperparameters"]
+    time_limit = request.get("timeout_seconds") or context.job_timeout_seconds
     try:
         with db.read_scope() as session:
             data = datasets_service.load_data(session, job.dataset_id)
@@ -255,6 +300,10 @@ def run_job(db: Database, job_id: str, context: WorkerContext) -> JobStatus:
                 add_event(session, job_id, EventType.WARNING, warning)
         x, y = inputs.encode(data, prepared.feature_spec, prepared.target_spec, prepared.target)
         labels = y if prepared.task == Task.CLASSIFICATION else None
+        reporter = _Reporter(
+            db, job_id, context, time_limit=time_limit, started=started, epochs=hyper["epochs"]
+        )
+        reporter.check_deadline()
         train_idx, val_idx = training.split_indices(
             len(y), hyper["validation_fraction"], hyper["seed"], labels
         )
@@ -272,7 +321,8 @@ def run_job(db: Database, job_id: str, context: WorkerContext) -> JobStatus:
             optimizer=hyper["optimizer"],
             early_stopping_patience=hyper["early_stopping_patience"],
             seed=hyper["seed"],
-            on_epoch=_Reporter(db, job_id, context),
+            on_epoch=reporter,
+            on_batch=reporter.check_deadline,
         )
     except JobCancelled:
         _finish(db, job_id, context, JobStatus.CANCELLED, "job cancelled; no version was created")
@@ -280,6 +330,17 @@ def run_job(db: Database, job_id: str, context: WorkerContext) -> JobStatus:
     except WorkerStopping:
         _requeue(db, job_id, context.worker_id)
         return JobStatus.QUEUED
+    except JobTimedOut as exc:
+        _finish(
+            db,
+            job_id,
+            context,
+            JobStatus.FAILED,
+            str(exc),
+            error_code="timeout",
+            error_message=str(exc),
+        )
+        return JobStatus.FAILED
     except DataError as exc:
         _finish(
             db,

@@ -106,12 +106,15 @@ def fit(
     early_stopping_patience: int | None,
     seed: int,
     on_epoch: Callable[[EpochMetrics], None] | None = None,
+    on_batch: Callable[[], None] | None = None,
 ) -> TrainResult:
     """Train `model` in place and return its history and final train/validation metrics.
 
     Targets are class indices (classification) or standardised values (regression), as
     `encode_target` gives them. With validation rows the weights of the epoch with the lowest
-    validation loss are restored at the end. Exceptions from `on_epoch` propagate unchanged.
+    validation loss are restored at the end. Exceptions from `on_epoch` propagate unchanged, and
+    so do those of `on_batch`, called after every optimiser step (a cheap check, e.g. a
+    deadline, that must not wait for the end of a long epoch).
     """
     # Setup.
     task = target_spec["task"]
@@ -148,6 +151,8 @@ def fit(
             loss.backward()
             opt.step()
             total += loss.item() * len(batch)
+            if on_batch is not None:
+                on_batch()
         train_loss = total / n
         if not math.isfinite(train_loss):
             raise DataError(

@@ -84,6 +84,19 @@ class Hyperparameters(RequestSchema):
     seed: int = Field(0, ge=0, le=2**32 - 1)
 
 
+MAX_TIMEOUT_SECONDS = 7 * 86_400
+
+
+def _timeout_field() -> Any:
+    return Field(
+        None,
+        ge=1,
+        le=MAX_TIMEOUT_SECONDS,
+        description="Time limit of one run of the job, in seconds; past it the job fails "
+        "with code `timeout`. Default: the server's GRAFT_JOB_TIMEOUT_SECONDS.",
+    )
+
+
 class SourceTrainingCreate(RequestSchema):
     dataset_id: str
     target_column: str
@@ -97,6 +110,7 @@ class SourceTrainingCreate(RequestSchema):
         description='Default: an MLP for a table, a CNN (`{"type": "cnn"}`) for images.',
     )
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    timeout_seconds: int | None = _timeout_field()
 
     model_config = {
         "json_schema_extra": {
@@ -132,6 +146,7 @@ class FineTuningCreate(RequestSchema):
     model_name: str = Field(pattern=MODEL_NAME_PATTERN)
     strategy: Strategy
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    timeout_seconds: int | None = _timeout_field()
 
     model_config = {
         "json_schema_extra": {
@@ -152,6 +167,17 @@ class FineTuningCreate(RequestSchema):
 class Progress(Schema):
     epoch: int = 0
     epochs: int = 0
+    elapsed_seconds: float | None = Field(
+        None, description="Time the current run has taken so far (null while queued)."
+    )
+    eta_seconds: float | None = Field(
+        None,
+        description="Estimated seconds until the job finishes, from the mean epoch time so "
+        "far (an upper bound with early stopping); null until the first epoch ends.",
+    )
+    estimated_finish_at: datetime | None = Field(
+        None, description="When the job is expected to finish, at the same estimate."
+    )
 
 
 class JobResult(Schema):

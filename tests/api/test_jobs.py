@@ -6,6 +6,9 @@ from fastapi.testclient import TestClient
 from app.db.session import Database
 from tests.helpers import FAST, assert_problem, builtin, run_pending_jobs, train_source, upload
 
+# Database-level behaviour: also run on PostgreSQL when GRAFT_TEST_DATABASE_URL is set.
+pytestmark = pytest.mark.postgres
+
 
 @pytest.fixture
 def iris_source(client: TestClient) -> dict[str, Any]:
@@ -37,7 +40,14 @@ class TestCreateSourceTraining:
             "activation": "relu",
         }
         assert job["request"]["hyperparameters"]["optimizer"] == "adam"
-        assert job["progress"] == {"epoch": 0, "epochs": 100}
+        assert job["progress"] == {
+            "epoch": 0,
+            "epochs": 100,
+            "elapsed_seconds": None,
+            "eta_seconds": None,
+            "estimated_finish_at": None,
+        }
+        assert job["request"]["timeout_seconds"] is None
         assert job["result"] is None and job["error"] is None
 
     def test_unknown_dataset_is_404(self, client: TestClient) -> None:

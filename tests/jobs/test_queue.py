@@ -3,6 +3,7 @@ import threading
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
@@ -12,6 +13,9 @@ from app.enums import JobStatus
 from app.ids import utcnow
 from app.jobs import queue
 from tests.helpers import builtin
+
+# Database-level behaviour: also run on PostgreSQL when GRAFT_TEST_DATABASE_URL is set.
+pytestmark = pytest.mark.postgres
 
 
 def queue_jobs(client: TestClient, count: int) -> list[str]:

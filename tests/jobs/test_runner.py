@@ -1,22 +1,31 @@
+import re
 import threading
 import time
+from datetime import datetime
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from app.db.session import Database
 from app.enums import JobStatus
 from app.jobs import queue
 from app.jobs.runner import WorkerContext, run_job
-from tests.helpers import builtin, run_pending_jobs, upload
+from tests.helpers import assert_problem, builtin, run_pending_jobs, upload
+
+# Database-level behaviour: also run on PostgreSQL when GRAFT_TEST_DATABASE_URL is set.
+pytestmark = pytest.mark.postgres
 
 
-def submit(client: TestClient, dataset_id: str, **hyper: Any) -> str:
+def submit(
+    client: TestClient, dataset_id: str, timeout_seconds: int | None = None, **hyper: Any
+) -> str:
     body = {
         "dataset_id": dataset_id,
         "target_column": "target",
         "model_name": "m",
         "hyperparameters": {"epochs": 5, **hyper},
+        "timeout_seconds": timeout_seconds,
     }
     response = client.post("/v1/jobs/source-training", json=body)
     assert response.status_code == 202, response.text
@@ -102,7 +111,8 @@ class TestFailures:
         job = client.get(f"/v1/jobs/{job_id}").json()
         assert job["status"] == "failed", job
         assert job["error"]["code"] == "diverged"
-        assert "learning_rate" in job["error"]["message"]
+        assert re.search(r"at epoch \d+: .*try a lower learning_rate", job["error"]["message"])
+        assert client.get("/v1/models").json()["data"] == []
 
     def test_same_seed_same_weights(self, client: TestClient, database: Database) -> None:
         dataset = builtin(client, "wine")["id"]
@@ -112,3 +122,87 @@ class TestFailures:
         run_pending_jobs(database)
         digests = [client.get(f"/v1/models/m/versions/{n}").json()["sha256"] for n in (1, 2, 3)]
         assert digests[0] == digests[1] != digests[2]
+
+
+class TestTimeLimit:
+    def test_job_past_its_time_limit_fails_with_timeout(
+        self, client: TestClient, database: Database
+    ) -> None:
+        job_id = submit(client, builtin(client, "iris")["id"], timeout_seconds=1, epochs=10_000)
+        run_pending_jobs(database)
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        assert job["status"] == "failed", job
+        assert job["error"]["code"] == "timeout"
+        assert "time limit of 1 s" in job["error"]["message"]
+        assert "timeout_seconds" in job["error"]["message"]
+        assert 0 < job["progress"]["epoch"] < 10_000
+        assert 1 <= job["progress"]["elapsed_seconds"] < 30
+        assert client.get("/v1/models").json()["data"] == []
+        final = client.get(f"/v1/jobs/{job_id}/events", params={"limit": 200}).json()["data"][-1]
+        assert final["data"] == {"status": "failed", "code": "timeout"}
+
+    def test_server_default_applies_and_a_long_epoch_cannot_overrun_it(
+        self, client: TestClient, database: Database
+    ) -> None:
+        # One epoch of digits at batch size 1 is ~1400 optimiser steps, far beyond the limit.
+        dataset = builtin(client, "digits")["id"]
+        job_id = submit(client, dataset, epochs=3, batch_size=1)
+        context = WorkerContext(queue.make_worker_id(), job_timeout_seconds=0.2)
+        thread, outcome = run_in_thread(database, context)
+        thread.join(60)
+        assert outcome["status"] == JobStatus.FAILED
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        assert job["error"]["code"] == "timeout", job["error"]
+        assert "time limit of 0.2 s" in job["error"]["message"]
+        assert job["progress"]["epoch"] == 0  # stopped inside the first epoch
+        assert job["progress"]["elapsed_seconds"] < 10
+
+    def test_request_limit_wins_over_the_server_default(
+        self, client: TestClient, database: Database
+    ) -> None:
+        job_id = submit(client, builtin(client, "iris")["id"], timeout_seconds=600)
+        context = WorkerContext(queue.make_worker_id(), job_timeout_seconds=0.001)
+        thread, outcome = run_in_thread(database, context)
+        thread.join(60)
+        assert outcome["status"] == JobStatus.SUCCEEDED
+        assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "succeeded"
+
+    @pytest.mark.parametrize("value", [0, -1, 7 * 86_400 + 1, "soon"])
+    def test_out_of_range_time_limit_is_422(self, client: TestClient, value: Any) -> None:
+        dataset = builtin(client, "iris")["id"]
+        response = client.post(
+            "/v1/jobs/source-training",
+            json={
+                "dataset_id": dataset,
+                "target_column": "target",
+                "model_name": "m",
+                "timeout_seconds": value,
+            },
+        )
+        body = assert_problem(response, 422, "validation_error")
+        assert body["errors"][0]["loc"][-1] == "timeout_seconds"
+
+
+class TestProgress:
+    def test_running_job_reports_elapsed_and_estimated_finish(
+        self, client: TestClient, database: Database
+    ) -> None:
+        job_id = submit(client, builtin(client, "iris")["id"], epochs=10_000)
+        thread, _ = run_in_thread(database, WorkerContext(queue.make_worker_id()))
+        wait_for_epoch(client, job_id, 3)
+        progress = client.get(f"/v1/jobs/{job_id}").json()["progress"]
+        assert progress["epochs"] == 10_000 and progress["epoch"] >= 3
+        assert progress["elapsed_seconds"] > 0
+        # Thousands of epochs remain, each taking about what the first ones took.
+        assert progress["eta_seconds"] > 0
+        finish = datetime.fromisoformat(progress["estimated_finish_at"])
+        assert finish > datetime.fromisoformat(
+            client.get(f"/v1/jobs/{job_id}").json()["started_at"]
+        )
+        client.post(f"/v1/jobs/{job_id}/cancel")
+        thread.join(60)
+        done = client.get(f"/v1/jobs/{job_id}").json()
+        assert done["status"] == "cancelled"
+        assert done["progress"]["eta_seconds"] == 0
+        assert done["progress"]["estimated_finish_at"] == done["finished_at"]
+        assert done["progress"]["elapsed_seconds"] >= progress["elapsed_seconds"]

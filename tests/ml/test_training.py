@@ -95,10 +95,36 @@ def test_on_epoch_reports_every_epoch_and_its_exceptions_propagate() -> None:
     assert seen[0].epochs == 5 and seen[0].val_score is not None
 
 
+def test_on_batch_runs_after_every_step_and_can_stop_mid_epoch() -> None:
+    class Late(Exception):
+        pass
+
+    steps: list[int] = []
+
+    def on_batch() -> None:
+        steps.append(1)
+        if len(steps) == 3:
+            raise Late
+
+    x, y = blobs(n=64)  # 4 batches of 16 per epoch: the third step is inside epoch 1
+    epochs_seen: list[int] = []
+    with pytest.raises(Late):
+        train(
+            build_model(ARCHITECTURE, 4, 2),
+            x,
+            y,
+            epochs=5,
+            on_batch=on_batch,
+            on_epoch=lambda m: epochs_seen.append(m.epoch),
+        )
+    assert len(steps) == 3 and epochs_seen == []
+
+
 def test_divergence_is_a_data_error() -> None:
     x, y = linear()
     with pytest.raises(
-        DataError, match=r"training diverged at epoch \d+: loss became (nan|inf)"
+        DataError,
+        match=r"training diverged at epoch \d+: loss became (nan|inf).*lower learning_rate",
     ) as caught:
         train(
             build_model(ARCHITECTURE, 4, 1),
