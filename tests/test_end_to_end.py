@@ -4,6 +4,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -148,3 +149,26 @@ def test_killed_worker_never_leaves_a_job_stuck(settings: Settings, max_attempts
             assert job["status"] == "cancelled"
             assert job["attempts"] >= 1
         assert client.get("/v1/models").json()["data"] == []
+
+
+def test_an_idle_worker_is_woken_when_a_job_is_queued(settings: Settings) -> None:
+    # A poll period far longer than the test: only the wake-up can start the jobs quickly.
+    live = settings.model_copy(update={"workers": 1, "worker_poll_seconds": 60})
+    with TestClient(create_app(live), raise_server_exceptions=False) as client:
+        dataset = builtin(client, "iris")
+        body = {
+            "dataset_id": dataset["id"],
+            "target_column": "target",
+            "model_name": "prompt",
+            "hyperparameters": {"epochs": 1},
+        }
+        # The first job proves the worker is up; after it the worker sleeps, idle.
+        first = client.post("/v1/jobs/source-training", json=body).json()
+        wait_for(client, first["id"], {"succeeded"}, timeout=60)
+        for _ in range(3):
+            time.sleep(0.3)  # let the worker go back to sleep
+            job = client.post("/v1/jobs/source-training", json=body).json()
+            done = wait_for(client, job["id"], {"succeeded"}, timeout=20)
+            created = datetime.fromisoformat(done["created_at"])
+            started = datetime.fromisoformat(done["started_at"])
+            assert (started - created).total_seconds() < 5, done

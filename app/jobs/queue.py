@@ -48,8 +48,12 @@ def claim_next(session: Session, worker_id: str) -> str | None:
     if session.get_bind().dialect.name == "postgresql":
         candidate = candidate.with_for_update(skip_locked=True)
     job_id = session.scalar(candidate)
-    if job_id is None:
+    if job_id is None or not _mark_running(session, job_id, worker_id):
         return None
+    return job_id
+
+
+def _mark_running(session: Session, job_id: str, worker_id: str) -> bool:
     now = utcnow()
     claimed = session.execute(
         update(Job)
@@ -63,18 +67,15 @@ def claim_next(session: Session, worker_id: str) -> str | None:
         )
     )
     if claimed.rowcount != 1:  # type: ignore[attr-defined]
-        return None
+        return False
     add_event(
         session,
         job_id,
         EventType.STATUS,
         "job running",
-        {
-            "status": JobStatus.RUNNING,
-            "worker": worker_id,
-        },
+        {"status": JobStatus.RUNNING, "worker": worker_id},
     )
-    return job_id
+    return True
 
 
 def heartbeat(session: Session, job_id: str, worker_id: str) -> bool:
@@ -130,3 +131,28 @@ def requeue_stale(session: Session, *, stale_after: float, max_attempts: int) ->
         log.warning("recovered job %s from lost worker %s -> %s", job.id, lost_worker, job.status)
         recovered.append(job.id)
     return recovered
+
+
+def queued_among(session: Session, job_ids: list[str]) -> list[str]:
+    """Those of `job_ids` that wait in the queue now, oldest first."""
+    if not job_ids:
+        return []
+    query = select(Job.id).where(Job.id.in_(job_ids), Job.status == JobStatus.QUEUED)
+    return list(session.scalars(query.order_by(Job.created_at, Job.id)))
+
+
+def claim(session: Session, job_id: str, worker_id: str) -> bool:
+    """Claim one named job if it is still queued (a broker message names its job)."""
+    candidate = select(Job.id).where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+    if session.get_bind().dialect.name == "postgresql":
+        candidate = candidate.with_for_update(skip_locked=True)
+    if session.scalar(candidate) is None:
+        return False
+    return _mark_running(session, job_id, worker_id)
+
+
+def queued_before(session: Session, *, seconds_ago: float, limit: int = 500) -> list[str]:
+    """Ids of jobs queued at least `seconds_ago` ago, oldest first."""
+    cutoff = utcnow() - timedelta(seconds=seconds_ago)
+    query = select(Job.id).where(Job.status == JobStatus.QUEUED, Job.created_at < cutoff)
+    return list(session.scalars(query.order_by(Job.created_at, Job.id).limit(limit)))

@@ -6,17 +6,16 @@ import signal
 import threading
 import time
 from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Event as ProcessEvent
 from types import FrameType
 
 from app.config import Settings
 from app.db.session import Database
+from app.enums import JobStatus
 from app.jobs import queue
 from app.jobs.runner import WorkerContext, run_job
 
 log = logging.getLogger(__name__)
-
-# Recovery sweeps are cheap but need not run on every poll.
-_SWEEP_EVERY_SECONDS = 5.0
 
 
 class _Heartbeat:
@@ -44,57 +43,111 @@ class _Heartbeat:
                 log.exception("heartbeat for job %s failed", self._job_id)
 
 
-def run_worker(settings: Settings, stop: threading.Event | None = None) -> None:
-    """Claim and run jobs until `stop` is set (SIGTERM and SIGINT set it too)."""
+def prepare_torch(settings: Settings) -> None:
+    """Bound torch's threads (so training leaves cores to serving) and warm it up."""
     import torch
 
     torch.set_num_threads(settings.worker_torch_threads)
     # The first optimizer built in a process imports torch._dynamo (seconds); pay
     # that while idle, not inside the first job.
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
-    context = WorkerContext(worker_id=queue.make_worker_id(), stop=stop or threading.Event())
-    if threading.current_thread() is threading.main_thread():
 
-        def _request_stop(signum: int, _frame: FrameType | None) -> None:
-            log.info(
-                "worker %s: signal %d, stopping after the current epoch", context.worker_id, signum
-            )
-            context.stop.set()
 
-        signal.signal(signal.SIGTERM, _request_stop)
-        signal.signal(signal.SIGINT, _request_stop)
+def new_context(settings: Settings, stop: threading.Event | None = None) -> WorkerContext:
+    return WorkerContext(
+        worker_id=queue.make_worker_id(),
+        stop=stop or threading.Event(),
+        job_timeout_seconds=settings.job_timeout_seconds,
+    )
+
+
+def serve_job(db: Database, job_id: str, context: WorkerContext, settings: Settings) -> JobStatus:
+    """Run one claimed job with a heartbeat beside it."""
+    log.info("worker %s: running job %s", context.worker_id, job_id)
+    with _Heartbeat(db, job_id, context.worker_id, settings.heartbeat_seconds):
+        status = run_job(db, job_id, context)
+    log.info("worker %s: job %s ended %s", context.worker_id, job_id, status)
+    return status
+
+
+def sweep(db: Database, settings: Settings) -> list[str]:
+    """Recover jobs of lost workers; returns those put back in the queue."""
+    with db.session_scope() as session:
+        recovered = queue.requeue_stale(
+            session, stale_after=settings.stale_after_seconds, max_attempts=settings.max_attempts
+        )
+    if not recovered:
+        return []
+    with db.read_scope() as session:
+        return queue.queued_among(session, recovered)
+
+
+def _install_stop_signals(context: WorkerContext) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def _request_stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("worker %s: signal %d, stopping after this epoch", context.worker_id, signum)
+        context.stop.set()
+
+    signal.signal(signal.SIGTERM, _request_stop)
+    signal.signal(signal.SIGINT, _request_stop)
+
+
+def _sleep_until_woken(wakeup: ProcessEvent, stop: threading.Event, seconds: float) -> bool:
+    """Wait for `wakeup` up to `seconds`; True if it came. Waits in slices so that a stop
+    request (a signal handler may not touch `wakeup`'s locks) is seen within half a second."""
+    deadline = time.monotonic() + seconds
+    while not stop.is_set():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        if wakeup.wait(min(left, 0.5)):
+            return True
+    return False
+
+
+def run_worker(
+    settings: Settings,
+    stop: threading.Event | None = None,
+    wakeup: ProcessEvent | None = None,
+) -> None:
+    """Claim and run jobs until `stop` is set (SIGTERM and SIGINT set it too).
+
+    An idle worker sleeps until `wakeup` is set (the API sets it when it queues a job) or
+    the poll period passes; without `wakeup` (a standalone `graft worker`) it only polls.
+    """
+    prepare_torch(settings)
+    context = new_context(settings, stop)
+    _install_stop_signals(context)
     db = Database(settings.resolved_database_url)
     log.info("worker %s started", context.worker_id)
     last_sweep = 0.0
     try:
         while not context.stop.is_set():
-            if time.monotonic() - last_sweep >= _SWEEP_EVERY_SECONDS:
+            if time.monotonic() - last_sweep >= settings.sweep_seconds:
                 last_sweep = time.monotonic()
-                with db.session_scope() as session:
-                    queue.requeue_stale(
-                        session,
-                        stale_after=settings.stale_after_seconds,
-                        max_attempts=settings.max_attempts,
-                    )
+                sweep(db, settings)
             with db.session_scope() as session:
                 job_id = queue.claim_next(session, context.worker_id)
-            if job_id is None:
+            if job_id is not None:
+                serve_job(db, job_id, context, settings)
+            elif wakeup is None:
                 context.stop.wait(settings.worker_poll_seconds)
-                continue
-            log.info("worker %s: running job %s", context.worker_id, job_id)
-            with _Heartbeat(db, job_id, context.worker_id, settings.heartbeat_seconds):
-                status = run_job(db, job_id, context)
-            log.info("worker %s: job %s ended %s", context.worker_id, job_id, status)
+            elif _sleep_until_woken(wakeup, context.stop, settings.worker_poll_seconds):
+                # Cleared before the next claim: a job queued after this point sets it
+                # again, so no wake-up is lost.
+                wakeup.clear()
     finally:
         db.dispose()
         log.info("worker %s stopped", context.worker_id)
 
 
-def _worker_process_main(settings: Settings) -> None:
+def _worker_process_main(settings: Settings, wakeup: ProcessEvent) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    run_worker(settings)
+    run_worker(settings, wakeup=wakeup)
 
 
 class LocalWorkerPool:
@@ -104,6 +157,9 @@ class LocalWorkerPool:
         self._settings = settings
         # spawn, not fork: the API process holds threads and database connections.
         self._context = multiprocessing.get_context("spawn")
+        # Shared with every child: set when a job is queued, so an idle worker claims it
+        # at once instead of at its next poll.
+        self._wakeup = self._context.Event()
         self._processes: list[BaseProcess] = []
         self._closing = threading.Event()
         self._supervisor: threading.Thread | None = None
@@ -115,7 +171,10 @@ class LocalWorkerPool:
 
     def _spawn(self) -> BaseProcess:
         process = self._context.Process(
-            target=_worker_process_main, args=(self._settings,), name="graft-worker", daemon=True
+            target=_worker_process_main,
+            args=(self._settings, self._wakeup),
+            name="graft-worker",
+            daemon=True,
         )
         process.start()
         return process
@@ -128,6 +187,10 @@ class LocalWorkerPool:
                         "worker pid %s exited (%s); starting another", process.pid, process.exitcode
                     )
                     self._processes[index] = self._spawn()
+
+    def job_queued(self, job_id: str) -> None:
+        """Wake the idle workers; one of them claims the job."""
+        self._wakeup.set()
 
     def alive(self) -> int:
         return sum(process.is_alive() for process in self._processes)
