@@ -18,6 +18,7 @@ from app.db.session import Database
 from app.jobs.worker import LocalWorkerPool
 from app.observability import Metrics, RequestMetricsMiddleware
 from app.observability import router as metrics_router
+from app.services.job_streams import JobEventHub
 from app.serving.cache import ModelCache
 
 log = logging.getLogger(__name__)
@@ -57,15 +58,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.database = Database(settings.resolved_database_url)
         app.state.model_cache = ModelCache(settings.model_cache_size)
+        app.state.event_hub = JobEventHub(
+            app.state.database,
+            poll_seconds=settings.events_poll_seconds,
+            keepalive_seconds=settings.events_keepalive_seconds,
+        )
         app.state.worker_pool = None
-        if settings.workers > 0:
+        app.state.dispatcher = None
+        if settings.executor == "celery":
+            from app.jobs.celery_app import CeleryDispatcher
+
+            app.state.dispatcher = CeleryDispatcher(settings)
+        elif settings.workers > 0:
             app.state.worker_pool = LocalWorkerPool(settings)
             app.state.worker_pool.start()
+            app.state.dispatcher = app.state.worker_pool
         try:
             yield
         finally:
+            await app.state.event_hub.close()
             if app.state.worker_pool is not None:
                 app.state.worker_pool.stop()
+            if settings.executor == "celery":
+                app.state.dispatcher.close()
             app.state.database.dispose()
 
     app = FastAPI(

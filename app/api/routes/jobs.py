@@ -1,10 +1,15 @@
-from typing import Annotated
+import logging
+from datetime import datetime
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
 
 from app.api.deps import AfterQuery, LimitQuery, ReadSessionDep, SessionDep
 from app.db.models import Job
 from app.enums import JobKind, JobStatus
+from app.ids import utcnow
 from app.schemas.common import MAX_INT32, Page, problem_responses
 from app.schemas.jobs import EventRead, FineTuningCreate, JobRead, SourceTrainingCreate
 from app.services import jobs as jobs_service
@@ -19,6 +24,25 @@ IdempotencyKey = Annotated[
         description="Repeat a request with the same key to get the first job back.",
     ),
 ]
+
+
+def _progress(job: Job) -> dict[str, Any]:
+    """Stored epoch counters plus times computed now, so they never go stale between epochs."""
+    stored = job.progress or {}
+    progress: dict[str, Any] = {"epoch": stored.get("epoch", 0), "epochs": stored.get("epochs", 0)}
+    if job.started_at is None or job.status == JobStatus.QUEUED:
+        return progress
+    now = utcnow()
+    end = job.finished_at or now
+    progress["elapsed_seconds"] = round(max(0.0, (end - job.started_at).total_seconds()), 3)
+    if JobStatus(job.status).is_final:
+        progress["eta_seconds"] = 0.0
+        progress["estimated_finish_at"] = job.finished_at
+    elif job.status == JobStatus.RUNNING and stored.get("estimated_finish_at"):
+        finish = datetime.fromisoformat(stored["estimated_finish_at"])
+        progress["eta_seconds"] = round(max(0.0, (finish - now).total_seconds()), 3)
+        progress["estimated_finish_at"] = finish
+    return progress
 
 
 def to_read(job: Job) -> JobRead:
@@ -37,7 +61,7 @@ def to_read(job: Job) -> JobRead:
             "started_at": job.started_at,
             "finished_at": job.finished_at,
             "request": job.request,
-            "progress": job.progress,
+            "progress": _progress(job),
             "metrics": job.metrics,
             "result": result,
             "error": error,
@@ -50,7 +74,23 @@ def to_read(job: Job) -> JobRead:
     )
 
 
-def _accepted(response: Response, job: Job, created: bool) -> JobRead:
+log = logging.getLogger(__name__)
+
+
+def _accepted(
+    request: Request, session: Session, response: Response, job: Job, created: bool
+) -> JobRead:
+    if created:
+        # The executor may start the job the moment it hears of it, so the row must be
+        # committed first.
+        session.commit()
+        dispatcher = request.app.state.dispatcher
+        if dispatcher is not None:
+            try:
+                dispatcher.job_queued(job.id)
+            except Exception:
+                # The job is safely queued; pollers and the Celery workers' sweep find it.
+                log.exception("could not hand job %s to the executor", job.id)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
@@ -66,13 +106,14 @@ def _accepted(response: Response, job: Job, created: bool) -> JobRead:
 )
 def create_source_training_job(
     session: SessionDep,
+    request: Request,
     response: Response,
     body: SourceTrainingCreate,
     idempotency_key: IdempotencyKey = None,
 ) -> JobRead:
     """Queue a source-training job; a worker trains it and registers a new version."""
     job, created = jobs_service.submit_source_training(session, body, idempotency_key)
-    return _accepted(response, job, created)
+    return _accepted(request, session, response, job, created)
 
 
 @router.post(
@@ -84,13 +125,14 @@ def create_source_training_job(
 )
 def create_fine_tuning_job(
     session: SessionDep,
+    request: Request,
     response: Response,
     body: FineTuningCreate,
     idempotency_key: IdempotencyKey = None,
 ) -> JobRead:
     """Queue a fine-tuning job with the `parameter`, `feature` or `structure` strategy."""
     job, created = jobs_service.submit_fine_tuning(session, body, idempotency_key)
-    return _accepted(response, job, created)
+    return _accepted(request, session, response, job, created)
 
 
 @router.get("", response_model=Page[JobRead], summary="List jobs")
@@ -128,20 +170,53 @@ def cancel_job(session: SessionDep, job_id: str) -> JobRead:
     return to_read(jobs_service.cancel(session, job_id))
 
 
+_EVENT_STREAM = "text/event-stream"
+
+
 @router.get(
     "/{job_id}/events",
     response_model=Page[EventRead],
-    summary="List a job's events",
-    responses=problem_responses(404),
+    summary="List or stream a job's events",
+    responses={
+        **problem_responses(404),
+        200: {
+            "description": "A page of events (JSON), or with `Accept: text/event-stream` a "
+            "live Server-Sent Events stream that ends after the job's final status event.",
+            "content": {_EVENT_STREAM: {"schema": {"type": "string"}}},
+        },
+    },
 )
 def list_job_events(
     session: ReadSessionDep,
+    request: Request,
     job_id: str,
     after: Annotated[
         int | None, Query(ge=0, le=MAX_INT32, description="Return events after this seq.")
     ] = None,
     limit: LimitQuery = 50,
-) -> Page[EventRead]:
-    """The job's events (status, per-epoch metrics, logs, warnings), oldest first."""
+    last_event_id: Annotated[
+        int | None,
+        Header(
+            alias="Last-Event-ID",
+            ge=0,
+            le=MAX_INT32,
+            description="Streams only: resume after this seq (sent by reconnecting clients).",
+        ),
+    ] = None,
+) -> Any:
+    """The job's events (status, per-epoch metrics, logs, warnings), oldest first.
+
+    With `Accept: text/event-stream` the response is a live stream instead: each event as
+    `id: <seq>`, `event: <type>`, `data: <the event as JSON>`, comments as keep-alives, and
+    the stream closes after the event with the job's final status.
+    """
+    if _EVENT_STREAM in request.headers.get("accept", ""):
+        jobs_service.get(session, job_id)
+        resume_after = last_event_id if last_event_id is not None else (after or 0)
+        return StreamingResponse(
+            request.app.state.event_hub.stream(job_id, resume_after),
+            media_type=_EVENT_STREAM,
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
     rows, has_more = jobs_service.list_events(session, job_id, after=after, limit=limit)
     return Page[EventRead](data=[EventRead.model_validate(r) for r in rows], has_more=has_more)
