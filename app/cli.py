@@ -41,10 +41,18 @@ def _serve(args: argparse.Namespace) -> None:
     )
 
 
-def _worker() -> None:
+def _worker(args: argparse.Namespace) -> None:
+    settings = get_settings()
+    if args.executor is not None:
+        settings = settings.model_copy(update={"executor": args.executor})
+    if settings.executor == "celery":
+        from app.jobs.celery_app import run_celery_worker
+
+        run_celery_worker(settings)
+        return
     from app.jobs.worker import run_worker
 
-    run_worker(get_settings())
+    run_worker(settings)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -54,14 +62,21 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=int, default=None)
     serve.add_argument("--no-migrate", action="store_true", help="skip `graft migrate`")
-    commands.add_parser("worker", help="run one worker process (claims and runs jobs)")
+    worker = commands.add_parser("worker", help="run one worker process (claims and runs jobs)")
+    worker.add_argument(
+        "--executor",
+        choices=["local", "celery"],
+        default=None,
+        help="local: poll the database; celery: take job ids from GRAFT_BROKER_URL "
+        "(default: GRAFT_EXECUTOR)",
+    )
     commands.add_parser("migrate", help="bring the database schema to the newest migration")
     args = parser.parse_args(argv)
     _configure_logging(get_settings().log_level)
     if args.command == "serve":
         _serve(args)
     elif args.command == "worker":
-        _worker()
+        _worker(args)
     else:
         _migrate()
 
