@@ -79,7 +79,7 @@ class CeleryDispatcher:
         """None when the broker answers, else why not."""
         try:
             with self._celery.connection_for_write() as connection:
-                connection.ensure_connection(max_retries=1, timeout=2)
+                connection.ensure_connection(max_retries=1, interval_start=0, timeout=2)
         except Exception as exc:
             return f"{type(exc).__name__}: {exc}"
         return None

@@ -4,6 +4,7 @@ import logging
 import os
 import socket
 from datetime import timedelta
+from pathlib import Path
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -34,7 +35,12 @@ def _process_is_gone(worker_id: str | None) -> bool:
         return True
     except PermissionError:
         return False
-    return False
+    # A killed process that its parent has not reaped yet still answers signal 0.
+    try:
+        stat = Path(f"/proc/{pid_text}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
 def claim_next(session: Session, worker_id: str) -> str | None:

@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
 from app.config import Settings
@@ -21,6 +22,19 @@ class TestHealth:
         with TestClient(create_app(settings), raise_server_exceptions=False) as client:
             problem = assert_problem(client.get("/readyz"), 503, "not_ready")
             assert "graft migrate" in problem["detail"]
+
+    def test_readyz_with_celery_and_no_broker_is_503(self, settings: Settings) -> None:
+        # Nothing listens on port 1: the broker is unreachable, not misconfigured.
+        celery = settings.model_copy(
+            update={"executor": "celery", "broker_url": "redis://127.0.0.1:1/0"}
+        )
+        with TestClient(create_app(celery), raise_server_exceptions=False) as client:
+            problem = assert_problem(client.get("/readyz"), 503, "not_ready")
+            assert "Celery broker is unreachable" in problem["detail"]
+
+    def test_celery_executor_without_a_broker_is_a_settings_error(self) -> None:
+        with pytest.raises(ValueError, match="GRAFT_BROKER_URL"):
+            Settings(executor="celery")
 
 
 class TestProblems:

@@ -1,5 +1,6 @@
 import os
 import threading
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -70,6 +71,20 @@ class TestClaim:
         with database.session_scope() as session:
             assert queue.claim_next(session, "w") is None
 
+    def test_claim_by_id_only_while_queued(self, client: TestClient, database: Database) -> None:
+        first, second = queue_jobs(client, 2)
+        with database.session_scope() as session:
+            assert queue.claim(session, second, "w1") is True
+        with database.session_scope() as session:
+            assert queue.claim(session, second, "w2") is False  # a message delivered twice
+            assert queue.claim(session, "job_unknown", "w2") is False
+        assert job(database, second).worker_id == "w1"
+        assert job(database, first).status == JobStatus.QUEUED
+        with database.read_scope() as session:
+            assert queue.queued_among(session, [first, second]) == [first]
+            assert queue.queued_before(session, seconds_ago=0) == [first]
+            assert queue.queued_before(session, seconds_ago=3600) == []
+
 
 class TestRecovery:
     def claim_and_silence(self, database: Database, job_id: str, worker_id: str) -> None:
@@ -120,6 +135,22 @@ class TestRecovery:
             queue.claim_next(session, dead_worker)
         assert self.sweep(database) == [job_id]
         assert job(database, job_id).status == JobStatus.QUEUED
+
+    def test_killed_but_unreaped_local_process_is_recovered_at_once(
+        self, client: TestClient, database: Database
+    ) -> None:
+        [job_id] = queue_jobs(client, 1)
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        try:
+            time.sleep(0.2)  # exited, but a zombie until waited for
+            zombie = queue.make_worker_id().split(":")[0] + f":{pid}:x"
+            with database.session_scope() as session:
+                queue.claim_next(session, zombie)
+            assert self.sweep(database) == [job_id]
+        finally:
+            os.waitpid(pid, 0)
 
     def test_heartbeat_only_for_the_owner(self, client: TestClient, database: Database) -> None:
         [job_id] = queue_jobs(client, 1)
