@@ -9,6 +9,9 @@ from app.config import Settings
 from app.main import create_app
 from tests.helpers import assert_problem, builtin, csv_bytes, upload
 
+# Also run on PostgreSQL when GRAFT_TEST_DATABASE_URL is set.
+pytestmark = pytest.mark.postgres
+
 FRAME = pd.DataFrame(
     {
         "x1": [1.0, 2.0, 3.0, 4.0],

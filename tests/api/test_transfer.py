@@ -9,6 +9,9 @@ from app.db.session import Database
 from app.ml import tabular
 from tests.helpers import FAST, assert_problem, builtin, csv_bytes, run_pending_jobs, upload
 
+# Also run on PostgreSQL when GRAFT_TEST_DATABASE_URL is set.
+pytestmark = pytest.mark.postgres
+
 
 def shop_frame(rows: int, labels: list[str], seed: int) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
