@@ -12,7 +12,9 @@ sweeps for jobs whose worker was lost and publishes them again.
 import logging
 import os
 import socket
+import tempfile
 import threading
+from pathlib import Path
 from typing import Any
 
 from celery import Celery, signals
@@ -28,6 +30,7 @@ from app.jobs.worker import new_context, prepare_torch, serve_job, sweep
 log = logging.getLogger(__name__)
 
 RUN_JOB = "graft.run_job"
+ALIVE_FILE = Path(tempfile.gettempdir()) / "graft-worker-alive"
 _DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
 
 
@@ -104,6 +107,7 @@ class _WorkerRuntime:
 
     def _sweep_forever(self) -> None:
         while not self.context.stop.wait(self.settings.sweep_seconds):
+            ALIVE_FILE.touch()  # for container health checks: the process still runs
             try:
                 for job_id in sweep(self.db, self.settings):
                     publish(app, self.settings, job_id)
