@@ -4,6 +4,7 @@ import re
 from typing import Any
 
 from sqlalchemy import exists, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, undefer
 
 from app.db.models import Job, ModelAlias, ModelVersion, RegisteredModel
@@ -125,11 +126,15 @@ def register_version(session: Session, *, name: str, weights: bytes, **fields: A
     The caller commits it together with the job's success, so a version exists
     exactly when its job succeeded.
     """
-    model = session.get(RegisteredModel, name)
-    if model is None:
-        model = RegisteredModel(name=name, created_at=utcnow(), last_version=0)
-        session.add(model)
-        session.flush()
+    if session.get(RegisteredModel, name) is None:
+        try:
+            with session.begin_nested():
+                session.add(RegisteredModel(name=name, created_at=utcnow(), last_version=0))
+                session.flush()
+        except IntegrityError:
+            # Another job registered the first version of this name at the same moment
+            # (PostgreSQL lets both try); its row is committed now, so number after it.
+            pass
     # Incrementing in SQL keeps the numbering right when two jobs finish at once.
     number = session.execute(
         update(RegisteredModel)
