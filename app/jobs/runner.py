@@ -374,6 +374,35 @@ def run_job(db: Database, job_id: str, context: WorkerContext) -> JobStatus:
         "stopped_early": result.stopped_early,
         "rows": {"train": len(train_idx), "validation": len(val_idx)},
     }
+    try:
+        return _record_result(db, job, context, prepared, hyper, weights, metrics)
+    except Exception as exc:
+        # Without this the job would stay `running` until its heartbeat went stale.
+        log.exception("job %s: recording its result failed", job_id)
+        message = f"the model trained but recording it failed: {type(exc).__name__}: {exc}"
+        _finish(
+            db,
+            job_id,
+            context,
+            JobStatus.FAILED,
+            message,
+            error_code="internal_error",
+            error_message=message,
+        )
+        return JobStatus.FAILED
+
+
+def _record_result(
+    db: Database,
+    job: Job,
+    context: WorkerContext,
+    prepared: _Prepared,
+    hyper: dict[str, Any],
+    weights: bytes,
+    metrics: dict[str, Any],
+) -> JobStatus:
+    """One transaction: the new version and the job's success, or nothing."""
+    job_id = job.id
     with db.session_scope() as session:
         job_row = session.get(Job, job_id)
         assert job_row is not None

@@ -114,6 +114,21 @@ class TestFailures:
         assert re.search(r"at epoch \d+: .*try a lower learning_rate", job["error"]["message"])
         assert client.get("/v1/models").json()["data"] == []
 
+    def test_a_failure_while_recording_the_result_fails_the_job(
+        self, client: TestClient, database: Database, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        def broken(*_args: Any, **_kwargs: Any) -> None:
+            raise RuntimeError("disk full")
+
+        monkeypatch.setattr("app.services.registry.register_version", broken)
+        job_id = submit(client, builtin(client, "iris")["id"])
+        run_pending_jobs(database)
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        assert job["status"] == "failed", job  # not left running until it looks lost
+        assert job["error"]["code"] == "internal_error"
+        assert "recording it failed: RuntimeError: disk full" in job["error"]["message"]
+        assert job["result"] is None
+
     def test_same_seed_same_weights(self, client: TestClient, database: Database) -> None:
         dataset = builtin(client, "wine")["id"]
         submit(client, dataset, seed=3)
