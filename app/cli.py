@@ -38,6 +38,9 @@ def _serve(args: argparse.Namespace) -> None:
         host=args.host or settings.host,
         port=args.port or settings.port,
         log_level=settings.log_level,
+        # Event streams stay open while their job runs; on shutdown, end them after a
+        # moment (clients resume with Last-Event-ID) instead of waiting for every job.
+        timeout_graceful_shutdown=5,
     )
 
 
