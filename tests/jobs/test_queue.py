@@ -8,11 +8,12 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
+from app.config import Settings
 from app.db.models import Job
 from app.db.session import Database
 from app.enums import JobStatus
 from app.ids import utcnow
-from app.jobs import queue
+from app.jobs import queue, worker
 from tests.helpers import builtin
 
 # Database-level behaviour: also run on PostgreSQL when GRAFT_TEST_DATABASE_URL is set.
@@ -114,6 +115,17 @@ class TestRecovery:
         assert "2 time(s)" in (failed.error_message or "")
         events = client.get(f"/v1/jobs/{job_id}/events").json()["data"]
         assert any(e["type"] == "warning" and "back to the queue" in e["message"] for e in events)
+
+    def test_worker_sweep_returns_only_what_must_be_published_again(
+        self, client: TestClient, database: Database, settings: Settings
+    ) -> None:
+        # What a Celery worker's sweep republishes: requeued jobs, not failed ones.
+        [job_id] = queue_jobs(client, 1)
+        self.claim_and_silence(database, job_id, "elsewhere:1:a")
+        assert worker.sweep(database, settings) == [job_id]
+        self.claim_and_silence(database, job_id, "elsewhere:1:b")
+        assert worker.sweep(database, settings) == []
+        assert job(database, job_id).error_code == "worker_lost"
 
     def test_fresh_heartbeat_is_left_alone(self, client: TestClient, database: Database) -> None:
         [job_id] = queue_jobs(client, 1)
