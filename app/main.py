@@ -11,10 +11,13 @@ from app.api.docs import add_docs
 from app.api.limits import BodyLimitMiddleware
 from app.api.problems import add_exception_handlers
 from app.api.routes import health
+from app.api.routes.predictions import PredictFastLane
 from app.config import Settings, get_settings
 from app.db.session import Database
 from app.jobs.worker import LocalWorkerPool
+from app.services.predictions import BatchingOptions, PredictionService
 from app.serving.cache import ModelCache
+from app.serving.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +51,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
         app.state.settings = settings
         app.state.database = Database(settings.resolved_database_url)
-        app.state.model_cache = ModelCache(settings.model_cache_size)
+        app.state.model_cache = ModelCache[Predictor](
+            settings.model_cache_size, settings.model_cache_bytes
+        )
+        app.state.predictions = PredictionService(
+            app.state.database,
+            app.state.model_cache,
+            BatchingOptions(
+                enabled=settings.batching,
+                max_rows=settings.batch_max_rows,
+                max_wait_ms=settings.batch_max_wait_ms,
+                inline_max_work=settings.batch_inline_max_work,
+            ),
+        )
         app.state.worker_pool = None
         if settings.workers > 0:
             app.state.worker_pool = LocalWorkerPool(settings)
@@ -58,6 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             if app.state.worker_pool is not None:
                 app.state.worker_pool.stop()
+            app.state.predictions.close()
             app.state.database.dispose()
 
     app = FastAPI(
@@ -70,6 +86,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
+    # Added before the body limit, so the limit wraps it.
+    app.add_middleware(PredictFastLane)
     app.add_middleware(
         BodyLimitMiddleware,
         default_limit=settings.max_request_bytes,
