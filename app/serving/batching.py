@@ -1,14 +1,17 @@
 """Adaptive micro-batching: concurrent requests for one version share one forward pass.
 
-A request that finds its version idle runs at once, alone: nobody waits for company under
-light load. Requests that arrive while a pass runs queue up, and when the pass ends they run
-together as the next pass (up to `max_rows` rows), so batches grow with the load by
-themselves. `max_wait_s` may hold such a queue a little longer to let it grow; it never
-delays a request that found the model idle.
+A request that finds its version idle starts a pass at once (an expensive one on the event
+loop's next turn, joined only by requests already read): nobody waits for company. Requests
+that arrive while a pass runs queue up, and when the pass ends they run together as the next
+pass (up to `max_rows` rows), so batches grow with the load by themselves. `max_wait_s` may
+hold such a queue a little longer to let it grow; it never delays a request that found the
+model idle.
 
 Cheap passes run on the event loop, because handing them to a thread costs more than they
 do; expensive ones run on a worker thread, which keeps the loop reading requests (and so
-filling the next batch) while PyTorch computes with the GIL released.
+filling the next batch) while PyTorch computes with the GIL released. A cheap pass that finds
+the model idle runs at once, in the caller: grouping such passes would cost the lone request
+more (a task and a loop turn) than it saves.
 """
 
 import asyncio
@@ -90,26 +93,28 @@ class Batcher:
         """This request's outputs, computed alone or in a pass shared with others."""
         if not self.enabled:
             return await self._run(rows, requests=1)
-        if self._busy:
-            loop = asyncio.get_running_loop()
-            waiting = _Waiting(rows, loop.create_future(), loop.time())
-            self._queue.append(waiting)
-            self._queued_rows += len(rows)
-            if self._filled is not None and self._queued_rows >= self.max_rows:
-                self._filled.set()
-            return await waiting.future
-        self._busy = True
-        try:
+        if not self._busy and self._runs_inline(len(rows)):
+            # Idle, and cheaper than any scheduling: run it now. Nothing can queue behind
+            # a pass that holds the loop, so cheap passes are never grouped.
             return await self._run(rows, requests=1)
-        finally:
-            if self._queue:
-                # Answer this request now; the queue that formed meanwhile runs in a task.
-                self._drainer = asyncio.get_running_loop().create_task(self._drain())
-            else:
-                self._busy = False
+        loop = asyncio.get_running_loop()
+        waiting = _Waiting(rows, loop.create_future(), loop.time())
+        self._queue.append(waiting)
+        self._queued_rows += len(rows)
+        if self._filled is not None and self._queued_rows >= self.max_rows:
+            self._filled.set()
+        if not self._busy:
+            # The pass starts on the event loop's next turn rather than right here, so the
+            # requests that the server has already read in this turn join it.
+            self._busy = True
+            self._drainer = loop.create_task(self._drain())
+        return await waiting.future
+
+    def _runs_inline(self, rows: int) -> bool:
+        return self._executor is None or rows <= self._inline_rows
 
     async def _run(self, rows: np.ndarray, requests: int) -> np.ndarray:
-        if self._executor is None or len(rows) <= self._inline_rows:
+        if self._runs_inline(len(rows)):
             out = self._forward(rows)
         else:
             loop = asyncio.get_running_loop()
@@ -119,9 +124,12 @@ class Batcher:
 
     async def _drain(self) -> None:
         try:
+            first = True
             while self._queue:
-                if self.max_wait_s > 0 and self._queued_rows < self.max_rows:
+                # Only a queue that formed behind a running pass is ever held.
+                if not first and self.max_wait_s > 0 and self._queued_rows < self.max_rows:
                     await self._hold()
+                first = False
                 batch = self._take()
                 if not batch:
                     continue

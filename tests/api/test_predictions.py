@@ -266,3 +266,36 @@ class TestServingMetadata:
         assert latest["model"]["version"] == 2
         cache = client.app.state.model_cache  # type: ignore[attr-defined]
         assert cache.stats()["loads"] == 2
+
+
+class TestFastLane:
+    def test_marks_route_and_version_for_outer_middleware(
+        self, tmp_path: object, trained_template: object
+    ) -> None:
+        import shutil
+        from pathlib import Path
+
+        from app.api.routes.predictions import predict
+        from app.config import Settings
+        from app.main import create_app
+
+        data_dir = Path(str(tmp_path)) / "lane"
+        data_dir.mkdir()
+        shutil.copy(str(trained_template), data_dir / "graft.db")
+        app = create_app(Settings(data_dir=data_dir, workers=0))
+        seen: list[dict[str, object]] = []
+
+        @app.middleware("http")
+        async def record(request: object, call_next: object) -> object:
+            response = await call_next(request)  # type: ignore[operator]
+            seen.append(request.scope)  # type: ignore[attr-defined]
+            return response
+
+        with TestClient(app) as client:
+            ok = client.post("/v1/models/iris-source/predict", json={"instances": [SETOSA]})
+            missing = client.post("/v1/models/nope/predict", json={"instances": [SETOSA]})
+        assert ok.status_code == 200 and missing.status_code == 404
+        route = seen[0]["route"]
+        assert route.endpoint is predict  # type: ignore[attr-defined]
+        version = seen[0]["state"]["model_version"]  # type: ignore[index]
+        assert (version.name, version.version) == ("iris-source", 1)

@@ -96,6 +96,7 @@ class PredictFastLane:
         self.app = app
         self.prefix = prefix
         self._route: BaseRoute | None = None
+        self._searched = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         name = self._model_name(scope)
@@ -131,11 +132,23 @@ class PredictFastLane:
         return name if name and "/" not in name else None
 
     def _predict_route(self, scope: Scope) -> BaseRoute | None:
-        if self._route is None:
-            for route in scope["app"].routes:
-                if isinstance(route, APIRoute) and route.endpoint is predict:
-                    self._route = route
+        if not self._searched:
+            self._route = _find_route(scope["app"].routes)
+            self._searched = True
         return self._route
+
+
+def _find_route(routes: list[Any]) -> BaseRoute | None:
+    for route in routes:
+        if isinstance(route, APIRoute) and route.endpoint is predict:
+            return route
+        # Included routers: FastAPI keeps the original router behind a wrapper.
+        nested = getattr(getattr(route, "original_router", route), "routes", None)
+        if isinstance(nested, list) and nested is not routes:
+            found = _find_route(nested)
+            if found is not None:
+                return found
+    return None
 
 
 def _selector(query_string: bytes) -> tuple[int | None, str | None]:
