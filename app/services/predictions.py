@@ -228,9 +228,13 @@ class PredictionService:
         if entry is not None and entry[0] is predictor:
             return entry[1]
         # A version evicted from the cache takes its idle batcher with it.
-        for stale in [k for k, (_, b) in self._batchers.items() if k not in self.cache]:
-            if not self._batchers[stale][1].busy:
-                del self._batchers[stale]
+        stale = [
+            k
+            for k, (_, batcher) in self._batchers.items()
+            if k not in self.cache and not batcher.busy
+        ]
+        for k in stale:
+            del self._batchers[k]
         options = self.batching
         batcher = Batcher(
             predictor.forward,
