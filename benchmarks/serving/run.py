@@ -563,11 +563,39 @@ def _benchmark(args: argparse.Namespace, work: Path, logs: Path) -> dict[str, An
                 check=True,
             ).stdout
         )
-    return _print_report(results, floor, machine, metas)
+        in_process = json.loads(
+            subprocess.run(
+                [
+                    "taskset",
+                    "-c",
+                    cpu,
+                    PYTHON,
+                    "-m",
+                    "benchmarks.serving.inprocess",
+                    "--graft-data-dir",
+                    str(data_dir),
+                    "--model-dir",
+                    str(folders[SMALL]),
+                    "--body-dir",
+                    str(bodies),
+                    "--rounds",
+                    "4" if args.quick else "10",
+                ],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
+    return _print_report(results, floor, in_process, machine, metas)
 
 
 def _print_report(
-    results: Results, floor: dict[str, Any], machine: dict[str, Any], metas: dict[str, Any]
+    results: Results,
+    floor: dict[str, Any],
+    in_process: dict[str, dict[str, float]],
+    machine: dict[str, Any],
+    metas: dict[str, Any],
 ) -> dict[str, Any]:
     out = io.StringIO()
 
@@ -616,6 +644,20 @@ def _print_report(
                         medians["graft"].p99_ms <= medians["idiomatic"].p99_ms,
                     ),
                 ]
+
+    print(
+        "\nthe apps alone, called in-process without an HTTP server: CPU us per request"
+        " (best of interleaved bursts; steadier than the wrk figures on a busy machine)",
+        file=out,
+    )
+    for rows in ("1", "64"):
+        ours, idiomatic, ceiling = (in_process[n][rows] for n in ("graft", "idiomatic", "ceiling"))
+        print(
+            f"  {rows:>2} row(s): graft {ours:5.0f}, idiomatic {idiomatic:5.0f}, ceiling "
+            f"{ceiling:5.0f}; speed graft/idiomatic {idiomatic / ours:.2f}x, graft/ceiling "
+            f"{ceiling / ours:.2f}x",
+            file=out,
+        )
 
     print("\nforward pass on the event loop (default for small passes) vs on a thread", file=out)
     for c in ("1", "64"):
@@ -669,6 +711,7 @@ def _print_report(
         "models": {name: {"memory_bytes": meta["memory_bytes"]} for name, meta in metas.items()},
         "runs": {"/".join(key): [m.__dict__ for m in runs] for key, runs in results.runs.items()},
         "floor": floor,
+        "in_process_cpu_us": in_process,
         "aims": {text: met for text, met in aims},
         "report": out.getvalue(),
     }
