@@ -299,3 +299,19 @@ class TestFastLane:
         assert route.endpoint is predict  # type: ignore[attr-defined]
         version = seen[0]["state"]["model_version"]  # type: ignore[index]
         assert (version.name, version.version) == ("iris-source", 1)
+
+
+def test_predictions_write_nothing_to_the_database(trained_client: TestClient) -> None:
+    import sqlite3
+
+    database = trained_client.app.state.database  # type: ignore[attr-defined]
+    body = {"instances": [SETOSA, VIRGINICA]}
+    assert trained_client.post("/v1/models/iris-source/predict", json=body).status_code == 200
+    watcher = sqlite3.connect(database.engine.url.database)
+    # data_version changes when any other connection commits a change to the file.
+    before = watcher.execute("PRAGMA data_version").fetchone()
+    for query in ("", "?version=1", "?alias=missing"):
+        trained_client.post(f"/v1/models/iris-source/predict{query}", json=body)
+    after = watcher.execute("PRAGMA data_version").fetchone()
+    watcher.close()
+    assert before == after
