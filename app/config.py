@@ -62,6 +62,26 @@ class Settings(BaseSettings):
             )
         return self
 
+    # Serving (issue 4): bounds of the loaded-model cache, micro-batching of forward passes.
+    model_cache_bytes: int = Field(
+        1024**3, ge=1, description="Memory the loaded versions may take together (bytes)."
+    )
+    batching: bool = Field(True, description="Group concurrent predictions into one pass.")
+    batch_max_rows: int = Field(512, ge=1, description="Most rows in one grouped pass.")
+    batch_max_wait_ms: float = Field(
+        0.0,
+        ge=0,
+        le=1000,
+        description="How long requests queued behind a running pass may be held to grow the "
+        "next batch; a request that finds the model idle never waits.",
+    )
+    batch_inline_max_work: int = Field(
+        500_000,
+        ge=0,
+        description="Passes whose rows x parameters stay under this run on the event loop; "
+        "larger ones on a worker thread (0: always a thread).",
+    )
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:

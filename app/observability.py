@@ -119,17 +119,6 @@ class Metrics:
         total_rows.inc(rows)
         duration.observe(seconds)
 
-    def observe_unbatched_prediction(
-        self, model: str, version: int, rows: int, seconds: float
-    ) -> None:
-        """A prediction request that had a forward pass to itself.
-
-        Once a batcher runs the forward passes (and calls `record_batch`), the request paths
-        should call `observe_prediction` alone.
-        """
-        self.observe_prediction(model, version, rows, seconds)
-        self.record_batch(model, version, rows=rows, requests=1)
-
     def record_batch(self, model_name: str, version: int, rows: int, requests: int) -> None:
         """One forward pass over `rows` rows gathered from `requests` requests."""
         children = self._batch_children.get((model_name, version))
@@ -333,15 +322,6 @@ class RequestMetricsMiddleware:
                 paths = {}
             self._documented_paths = frozenset(paths)
         return self._documented_paths
-
-
-def record_unbatched_prediction(request: Request, result: dict[str, Any], seconds: float) -> None:
-    """Record a /v1 prediction (its response body `result`) that took `seconds`."""
-    metrics: Metrics | None = getattr(request.app.state, "metrics", None)
-    if metrics is not None:
-        model = result["model"]
-        rows = len(result["predictions"])
-        metrics.observe_unbatched_prediction(model["name"], model["version"], rows, seconds)
 
 
 router = APIRouter(tags=["operations"])

@@ -1,6 +1,8 @@
 """Weights as safetensors bytes: no pickle, so loading an artifact cannot run code."""
 
 import hashlib
+import json
+import struct
 from typing import Any
 
 import torch
@@ -32,6 +34,22 @@ def load_model(
     model = build_model(architecture, input_dim, output_dim)
     model.load_state_dict(weights_from_bytes(weights), strict=True)
     return model.eval()
+
+
+def tensor_bytes(data: bytes) -> int:
+    """Bytes the tensors of a safetensors file take once loaded, read from its header alone.
+
+    This is the memory a loaded version's parameters and buffers occupy.
+    """
+    if len(data) < 8:
+        raise ValueError("not a safetensors file: shorter than its 8-byte header length")
+    (header_length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + header_length])
+    return sum(
+        int(entry["data_offsets"][1]) - int(entry["data_offsets"][0])
+        for name, entry in header.items()
+        if name != "__metadata__"
+    )
 
 
 def sha256_hex(data: bytes) -> str:

@@ -43,6 +43,9 @@ class ModelVersionRead(Schema):
     metrics: dict[str, Any]
     size_bytes: int
     sha256: str
+    memory_bytes: int = Field(
+        description="Memory the version takes once loaded for serving (parameters and buffers)."
+    )
     aliases: list[str]
 
 

@@ -1,8 +1,8 @@
 """Predictions for protocols other than /v1: a resolved version and rows in signature order.
 
-This is the one seam between the Open Inference Protocol and the prediction path. It goes
-through the /v1 prediction service today, so both protocols validate and predict the same way;
-when the serving fast path lands, re-point `predict_rows` at it and nothing else changes.
+This is the one seam between the Open Inference Protocol and the prediction path: it goes
+through the same PredictionService as /v1 (cache, checks, micro-batching), so both protocols
+validate and predict the same way.
 """
 
 from typing import Any
@@ -11,10 +11,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.db.models import ModelVersion
-from app.schemas.predictions import PredictRequest
-from app.services import predictions as predictions_service
 from app.services import registry as registry_service
-from app.serving.cache import ModelCache
+from app.services.predictions import PredictionService, ResolvedVersion
 
 
 def resolve(session: Session, name: str, version: int | None) -> ModelVersion:
@@ -34,16 +32,17 @@ def version_numbers(session: Session, name: str) -> list[int]:
     return list(session.scalars(query))
 
 
-def predict_rows(
-    session: Session, cache: ModelCache, version: ModelVersion, rows: list[list[Any]]
+async def predict_rows(
+    service: PredictionService, version: ModelVersion, rows: list[list[Any]]
 ) -> dict[str, Any]:
     """`predictions` for each row, plus `classes` and `probabilities` for a classifier.
 
     Raises app.errors.Invalid when a value does not fit the signature.
     """
-    # The rows were checked against the signature by the caller's codec; constructing the
-    # request skips a second pydantic pass over every value.
-    request = PredictRequest.model_construct(instances=rows, records=None)
-    return predictions_service.predict(
-        session, cache, version.model_name, request, version=version.version
-    )
+    resolved = ResolvedVersion(id=version.id, name=version.model_name, version=version.version)
+    # Tensors carry no JSON booleans (a BOOL tensor arrives as 0 and 1).
+    prediction = await service.predict(resolved, instances=rows, booleans_possible=False)
+    return {
+        "model": {"name": version.model_name, "version": version.version},
+        **prediction.as_dict(),
+    }

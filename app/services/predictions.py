@@ -1,19 +1,49 @@
-"""Prediction use case: resolve the version, fetch its predictor, check inputs, predict."""
+"""Prediction use case: resolve the version, fetch its predictor, check inputs, predict.
 
+Every protocol (the /v1 predict route, an Open Inference Protocol route) goes through one
+`PredictionService`: `resolve` a name (and optional version or alias) to an immutable version,
+then `predict` rows in signature order (`instances`) or keyed by name (`records`).
+"""
+
+import asyncio
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.orm import Session
+from sqlalchemy import text
 
 from app.db.models import ModelVersion
+from app.db.session import Database
 from app.errors import Invalid
 from app.ml.errors import DataError
-from app.schemas.predictions import PredictRequest
 from app.services import registry as registry_service
+from app.serving.batching import Batcher
 from app.serving.cache import ModelCache
-from app.serving.predictor import Predictor, VersionSpec
+from app.serving.predictor import Prediction, Predictor, VersionSpec
 
 
-def _spec(version: ModelVersion) -> VersionSpec:
+@dataclass(frozen=True)
+class ResolvedVersion:
+    """A version picked for one request: its immutable id (the cache key) and its number."""
+
+    id: str
+    name: str
+    version: int
+
+
+@dataclass(frozen=True)
+class BatchingOptions:
+    enabled: bool = True
+    max_rows: int = 512
+    max_wait_ms: float = 0.0
+    # Passes whose rows x parameters stay at or under this run on the event loop.
+    inline_max_work: int = 500_000
+
+
+def version_spec(version: ModelVersion) -> VersionSpec:
     return VersionSpec(
         name=version.model_name,
         version=version.version,
@@ -25,32 +55,211 @@ def _spec(version: ModelVersion) -> VersionSpec:
     )
 
 
-def predict(
-    session: Session,
-    cache: ModelCache,
-    name: str,
-    request: PredictRequest,
-    *,
-    version: int | None = None,
-    alias: str | None = None,
-) -> dict[str, Any]:
-    """Predict with the version asked for (default: alias `production`, else the latest)."""
-    found = registry_service.resolve(session, name, version=version, alias=alias)
+# One statement each, every lookup on an index: the model_versions (model_name, version)
+# unique constraint and the model_aliases primary key. Reading the alias on every request is
+# what makes an alias move take effect at once on every replica.
+_BY_NUMBER = text(
+    "SELECT id, version FROM model_versions WHERE model_name = :name AND version = :version"
+)
+_BY_ALIAS = text(
+    "SELECT v.id, v.version FROM model_aliases AS a JOIN model_versions AS v"
+    " ON v.model_name = a.model_name AND v.version = a.version"
+    " WHERE a.model_name = :name AND a.alias = :alias"
+)
+_BY_DEFAULT = text(
+    "SELECT id, version FROM model_versions WHERE model_name = :name AND version = COALESCE("
+    "(SELECT version FROM model_aliases WHERE model_name = :name AND alias = :alias),"
+    " (SELECT MAX(version) FROM model_versions WHERE model_name = :name))"
+)
 
-    def load() -> Predictor:
-        weights = registry_service.get_version(
-            session, found.model_name, found.version, with_weights=True
-        ).weights
-        return Predictor.load(_spec(found), weights)
 
-    predictor = cache.get_or_load(found.id, load)
-    try:
-        if request.instances is not None:
-            data = predictor.inputs_from_instances(request.instances)
+class _VersionLookup:
+    """The one read a prediction makes: (name, version | alias | default) -> (id, number).
+
+    On SQLite it runs on a plain driver connection per thread, in autocommit mode, so each
+    read sees the newest commit and costs microseconds; elsewhere it goes through a pooled
+    SQLAlchemy connection.
+    """
+
+    def __init__(self, database: Database) -> None:
+        self._engine = database.engine
+        self.is_sqlite = self._engine.dialect.name == "sqlite"
+        self._local = threading.local()
+        self._opened: list[Any] = []
+        self._lock = threading.Lock()
+
+    def find(self, name: str, version: int | None, alias: str | None) -> tuple[str, int] | None:
+        if version is not None:
+            statement, params = _BY_NUMBER, {"name": name, "version": version}
+        elif alias is not None:
+            statement, params = _BY_ALIAS, {"name": name, "alias": alias}
         else:
-            assert request.records is not None
-            data = predictor.inputs_from_records(request.records)
-        output = predictor.predict(data)
-    except DataError as exc:
-        raise Invalid(exc.code, str(exc)) from exc
-    return {"model": {"name": found.model_name, "version": found.version}, **output}
+            statement = _BY_DEFAULT
+            params = {"name": name, "alias": registry_service.DEFAULT_ALIAS}
+        if self.is_sqlite:
+            row = self._sqlite().execute(statement.text, params).fetchone()
+        else:
+            with self._engine.connect() as connection:
+                row = connection.execute(statement, params).first()
+        return None if row is None else (str(row[0]), int(row[1]))
+
+    def _sqlite(self) -> Any:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            # Through the engine so the connect-time PRAGMAs (WAL, busy timeout) apply;
+            # detached so it does not hold one of the pool's connections.
+            pooled = self._engine.raw_connection()
+            connection = pooled.driver_connection
+            pooled.detach()
+            self._local.connection = connection
+            with self._lock:
+                self._opened.append(pooled)
+        return connection
+
+    def close(self) -> None:
+        with self._lock:
+            for pooled in self._opened:
+                pooled.close()
+            self._opened.clear()
+        self._local = threading.local()
+
+
+class PredictionService:
+    """Resolves versions, keeps their predictors loaded and batches their forward passes."""
+
+    def __init__(
+        self,
+        database: Database,
+        cache: ModelCache[Predictor],
+        batching: BatchingOptions | None = None,
+    ) -> None:
+        self.database = database
+        self.cache = cache
+        self.batching = batching or BatchingOptions()
+        self._lookup = _VersionLookup(database)
+        self._executor = ThreadPoolExecutor(
+            max_workers=max(2, os.cpu_count() or 1), thread_name_prefix="graft-forward"
+        )
+        self._batchers: dict[str, tuple[Predictor, Batcher]] = {}
+        # Told (model name, version, rows, requests) after every forward pass: batch metrics.
+        self.on_pass: Callable[[str, int, int, int], None] | None = None
+        self._loads: dict[str, asyncio.Future[Predictor]] = {}
+
+    async def resolve(
+        self, name: str, *, version: int | None = None, alias: str | None = None
+    ) -> ResolvedVersion:
+        """The version asked for: by number, by alias, else `production`, else the latest.
+
+        Raises NotFound (model_not_found, version_not_found, alias_not_found).
+        """
+        if self._lookup.is_sqlite:
+            found = self._lookup.find(name, version, alias)
+        else:
+            found = await asyncio.to_thread(self._lookup.find, name, version, alias)
+        if found is None:
+            # Rare: work out which of model, version or alias is missing, for the 404.
+            return await asyncio.to_thread(self._resolve_slowly, name, version, alias)
+        return ResolvedVersion(id=found[0], name=name, version=found[1])
+
+    def _resolve_slowly(self, name: str, version: int | None, alias: str | None) -> ResolvedVersion:
+        with self.database.read_scope() as session:
+            row = registry_service.resolve(session, name, version=version, alias=alias)
+            return ResolvedVersion(id=row.id, name=row.model_name, version=row.version)
+
+    async def predictor(self, resolved: ResolvedVersion) -> Predictor:
+        """The loaded predictor; the first requests of a version share one load."""
+        found = self.cache.get(resolved.id)
+        if found is not None:
+            return found
+        pending = self._loads.get(resolved.id)
+        if pending is None:
+            pending = asyncio.ensure_future(
+                asyncio.to_thread(self.cache.get_or_load, resolved.id, lambda: self._load(resolved))
+            )
+            self._loads[resolved.id] = pending
+            pending.add_done_callback(lambda _: self._loads.pop(resolved.id, None))
+        return await asyncio.shield(pending)
+
+    def load_predictor(self, resolved: ResolvedVersion) -> Predictor:
+        """The loaded predictor, for callers outside an event loop (loads in this thread)."""
+        return self.cache.get_or_load(resolved.id, lambda: self._load(resolved))
+
+    def _load(self, resolved: ResolvedVersion) -> Predictor:
+        with self.database.read_scope() as session:
+            row = registry_service.get_version(
+                session, resolved.name, resolved.version, with_weights=True
+            )
+            return Predictor.load(version_spec(row), row.weights)
+
+    async def predict(
+        self,
+        resolved: ResolvedVersion,
+        *,
+        instances: list[Any] | None = None,
+        records: list[Any] | None = None,
+        booleans_possible: bool = True,
+    ) -> Prediction:
+        """Predictions for rows in signature order (`instances`) or keyed by name (`records`).
+
+        Raises Invalid (422) with a detail naming the row and feature when an input does not
+        fit the version's signature. `booleans_possible=False` promises that no value is a
+        boolean, which spares the fast path a scan (see Predictor.features_from_instances).
+        """
+        if (instances is None) == (records is None):
+            raise ValueError("give exactly one of instances or records")
+        rows = instances if instances is not None else records
+        if not rows:
+            raise Invalid("no_rows", "no rows: expected at least one instance or record")
+        predictor = await self.predictor(resolved)
+        try:
+            if instances is not None:
+                encoded = predictor.features_from_instances(
+                    instances, booleans_possible=booleans_possible
+                )
+            else:
+                assert records is not None
+                encoded = predictor.features_from_records(
+                    records, booleans_possible=booleans_possible
+                )
+        except DataError as exc:
+            raise Invalid(exc.code, str(exc)) from exc
+        raw = await self._batcher(resolved.id, predictor).submit(encoded)
+        return predictor.outputs(raw)
+
+    def _batcher(self, key: str, predictor: Predictor) -> Batcher:
+        entry = self._batchers.get(key)
+        if entry is not None and entry[0] is predictor:
+            return entry[1]
+        # A version evicted from the cache takes its idle batcher with it.
+        stale = [
+            k
+            for k, (_, batcher) in self._batchers.items()
+            if k not in self.cache and not batcher.busy
+        ]
+        for k in stale:
+            del self._batchers[k]
+        options = self.batching
+        batcher = Batcher(
+            predictor.forward,
+            enabled=options.enabled,
+            max_rows=options.max_rows,
+            max_wait_s=options.max_wait_ms / 1000,
+            executor=self._executor,
+            inline_rows=options.inline_max_work // max(1, predictor.parameter_count),
+            on_pass=self._pass_listener(predictor),
+        )
+        self._batchers[key] = (predictor, batcher)
+        return batcher
+
+    def _pass_listener(self, predictor: Predictor) -> Callable[[int, int], None]:
+        name, version = predictor.spec.name, predictor.spec.version
+
+        def listener(rows: int, requests: int) -> None:
+            if self.on_pass is not None:
+                self.on_pass(name, version, rows, requests)
+
+        return listener
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._lookup.close()

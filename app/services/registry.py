@@ -11,6 +11,7 @@ from app.db.models import Job, ModelAlias, ModelVersion, RegisteredModel
 from app.enums import ACTIVE_JOB_STATUSES
 from app.errors import Conflict, Invalid, NotFound
 from app.ids import new_id, utcnow
+from app.ml import serialization
 from app.schemas.jobs import ALIAS_PATTERN
 from app.services.pagination import paginate
 
@@ -142,6 +143,7 @@ def register_version(session: Session, *, name: str, weights: bytes, **fields: A
         .values(last_version=RegisteredModel.last_version + 1)
         .returning(RegisteredModel.last_version)
     ).scalar_one()
+    fields.setdefault("memory_bytes", serialization.tensor_bytes(weights))
     version = ModelVersion(
         id=new_id("mv"),
         model_name=name,

@@ -86,6 +86,12 @@ class TestDocs:
         schemas = spec["components"]["schemas"]
         assert schemas["SourceTrainingCreate"]["examples"]
         assert schemas["FineTuningCreate"]["examples"]
-        assert schemas["PredictRequest"]["examples"]
+        # The predict route reads its body raw, so its schema is inlined (openapi_extra).
+        predict = paths["/v1/models/{name}/predict"]["post"]
+        assert predict["requestBody"]["content"]["application/json"]["schema"]["examples"]
+        assert (
+            "PredictResponse"
+            in predict["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+        )
         problem = paths["/v1/datasets/{dataset_id}"]["get"]["responses"]["404"]
         assert "application/problem+json" in problem["content"]

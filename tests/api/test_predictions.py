@@ -131,3 +131,187 @@ class TestPredictErrors:
         assert_problem(
             self.post(trained_client, body, "?version=1&alias=canary"), 422, "invalid_selector"
         )
+
+
+class TestHotPathErrors:
+    """The fast path hands anything it cannot vouch for to the checked one: same problems."""
+
+    def raw(self, client: TestClient, body: bytes, query: str = "", **headers: str) -> object:
+        return client.post(
+            f"/v1/models/iris-source/predict{query}",
+            content=body,
+            headers={"content-type": "application/json", **headers},
+        )
+
+    @pytest.mark.parametrize(
+        "value, fragment",
+        [
+            (b"NaN", "expected a finite number, got nan"),
+            (b"Infinity", "expected a finite number, got inf"),
+            (b"1e400", "expected a finite number, got inf"),
+            (b"true", "expected a number, got True"),
+            (b'"3.5"', "expected a number, got '3.5'"),
+            (b"null", "expected a number, got None"),
+            (b"[3.5]", "expected a number, got [3.5]"),
+        ],
+    )
+    def test_bad_values_name_instance_and_feature(
+        self, trained_client: TestClient, value: bytes, fragment: str
+    ) -> None:
+        body = b'{"instances": [[5.1, 3.5, 1.4, 0.2], [5.1, ' + value + b", 1.4, 0.2]]}"
+        problem = assert_problem(self.raw(trained_client, body), 422, "invalid_data")
+        assert "instance 1, feature 'sepal width (cm)'" in problem["detail"]
+        assert fragment in problem["detail"]
+
+    def test_a_boolean_among_numbers_is_caught(self, trained_client: TestClient) -> None:
+        # NumPy would read it as 1.0; the body scan sends it to the checked path.
+        problem = assert_problem(
+            self.post_json(trained_client, {"instances": [[5.1, 3.5, 1.4, False]]}),
+            422,
+            "invalid_data",
+        )
+        assert "feature 'petal width (cm)': expected a number, got False" in problem["detail"]
+
+    def post_json(self, client: TestClient, body: object) -> object:
+        return client.post("/v1/models/iris-source/predict", json=body)
+
+    @pytest.mark.parametrize(
+        "body, fragment",
+        [
+            ({"instances": [[1.0, 2.0, 3.0, 4.0], [1.0, 2.0]]}, "got 2 in instance 1"),
+            ({"instances": [SETOSA, 5.0]}, "instance 1: expected a list of 4 values"),
+            ({"records": [dict(zip(NAMES, SETOSA, strict=True)), [1, 2]]}, "record 1"),
+        ],
+    )
+    def test_wrong_shapes(self, trained_client: TestClient, body: object, fragment: str) -> None:
+        problem = assert_problem(self.post_json(trained_client, body), 422, "feature_mismatch")
+        assert fragment in problem["detail"]
+
+    def test_record_with_extra_key_names_it(self, trained_client: TestClient) -> None:
+        record = dict(zip(NAMES, SETOSA, strict=True)) | {"colour": "red"}
+        problem = assert_problem(
+            self.post_json(trained_client, {"records": [record]}), 422, "feature_mismatch"
+        )
+        assert "record 0: unknown ['colour']" in problem["detail"]
+
+    def test_records_may_carry_the_target_column(self, trained_client: TestClient) -> None:
+        record = dict(zip(NAMES, SETOSA, strict=True)) | {"target": "setosa"}
+        response = self.post_json(trained_client, {"records": [record]})
+        assert response.status_code == 200, response.text  # type: ignore[attr-defined]
+
+    @pytest.mark.parametrize(
+        "body, loc",
+        [
+            (b"{not json", ["body", 1]),
+            (b"[1, 2]", ["body"]),
+            (b'{"instances": [[1]], "extra": 1}', ["body", "extra"]),
+            (b'{"instances": {"a": 1}}', ["body", "instances"]),
+            (b'{"records": []}', ["body", "records"]),
+            (b'{"instances": null}', ["body"]),
+        ],
+    )
+    def test_malformed_bodies(self, trained_client: TestClient, body: bytes, loc: list) -> None:
+        problem = assert_problem(self.raw(trained_client, body), 422, "validation_error")
+        assert problem["errors"][0]["loc"] == loc
+        assert problem["instance"] == "/v1/models/iris-source/predict"
+
+    def test_non_json_content_type(self, trained_client: TestClient) -> None:
+        response = self.raw(trained_client, b"5.1,3.5,1.4,0.2", **{"content-type": "text/csv"})
+        problem = assert_problem(response, 415, "unsupported_media_type")
+        assert "text/csv" in problem["detail"]
+
+    @pytest.mark.parametrize("query", ["?version=0", "?version=abc", f"?version={2**31}"])
+    def test_bad_version_numbers(self, trained_client: TestClient, query: str) -> None:
+        body = b'{"instances": [[5.1, 3.5, 1.4, 0.2]]}'
+        problem = assert_problem(self.raw(trained_client, body, query), 422, "validation_error")
+        assert problem["errors"][0]["loc"] == ["query", "version"]
+
+
+class TestServingMetadata:
+    def test_versions_report_their_memory(self, trained_client: TestClient) -> None:
+        version = trained_client.get("/v1/models/iris-source/versions/1").json()
+        # 4 -> 10 -> 10 -> 3 MLP in float32: (4*10 + 10 + 10*10 + 10 + 10*3 + 3) * 4 bytes.
+        assert version["memory_bytes"] == (40 + 10 + 100 + 10 + 30 + 3) * 4
+
+    def test_an_alias_move_takes_effect_on_the_next_request(
+        self, trained_client: TestClient
+    ) -> None:
+        client = trained_client
+        fine_tuned = client.post(
+            "/v1/jobs/fine-tuning",
+            json={
+                "base_model": {"name": "iris-source", "version": 1},
+                "dataset_id": client.get("/v1/models/iris-source/versions/1").json()["dataset_id"],
+                "target_column": "target",
+                "model_name": "iris-source",
+                "strategy": "feature",
+                "hyperparameters": {"epochs": 1},
+            },
+        )
+        assert fine_tuned.status_code == 202, fine_tuned.text
+        from tests.helpers import run_pending_jobs
+
+        run_pending_jobs(client.app.state.database)  # type: ignore[attr-defined]
+        body = {"instances": [SETOSA]}
+        client.put("/v1/models/iris-source/aliases/production", json={"version": 1})
+        assert client.post("/v1/models/iris-source/predict", json=body).json()["model"] == {
+            "name": "iris-source",
+            "version": 1,
+        }
+        client.put("/v1/models/iris-source/aliases/production", json={"version": 2})
+        moved = client.post("/v1/models/iris-source/predict", json=body).json()
+        assert moved["model"]["version"] == 2
+        client.delete("/v1/models/iris-source/aliases/production")
+        latest = client.post("/v1/models/iris-source/predict", json=body).json()
+        assert latest["model"]["version"] == 2
+        cache = client.app.state.model_cache  # type: ignore[attr-defined]
+        assert cache.stats()["loads"] == 2
+
+
+class TestFastLane:
+    def test_marks_route_and_version_for_outer_middleware(
+        self, tmp_path: object, trained_template: object
+    ) -> None:
+        import shutil
+        from pathlib import Path
+
+        from app.api.routes.predictions import predict
+        from app.config import Settings
+        from app.main import create_app
+
+        data_dir = Path(str(tmp_path)) / "lane"
+        data_dir.mkdir()
+        shutil.copy(str(trained_template), data_dir / "graft.db")
+        app = create_app(Settings(data_dir=data_dir, workers=0))
+        seen: list[dict[str, object]] = []
+
+        @app.middleware("http")
+        async def record(request: object, call_next: object) -> object:
+            response = await call_next(request)  # type: ignore[operator]
+            seen.append(request.scope)  # type: ignore[attr-defined]
+            return response
+
+        with TestClient(app) as client:
+            ok = client.post("/v1/models/iris-source/predict", json={"instances": [SETOSA]})
+            missing = client.post("/v1/models/nope/predict", json={"instances": [SETOSA]})
+        assert ok.status_code == 200 and missing.status_code == 404
+        route = seen[0]["route"]
+        assert route.endpoint is predict  # type: ignore[attr-defined]
+        version = seen[0]["state"]["model_version"]  # type: ignore[index]
+        assert (version.name, version.version) == ("iris-source", 1)
+
+
+def test_predictions_write_nothing_to_the_database(trained_client: TestClient) -> None:
+    import sqlite3
+
+    database = trained_client.app.state.database  # type: ignore[attr-defined]
+    body = {"instances": [SETOSA, VIRGINICA]}
+    assert trained_client.post("/v1/models/iris-source/predict", json=body).status_code == 200
+    watcher = sqlite3.connect(database.engine.url.database)
+    # data_version changes when any other connection commits a change to the file.
+    before = watcher.execute("PRAGMA data_version").fetchone()
+    for query in ("", "?version=1", "?alias=missing"):
+        trained_client.post(f"/v1/models/iris-source/predict{query}", json=body)
+    after = watcher.execute("PRAGMA data_version").fetchone()
+    watcher.close()
+    assert before == after

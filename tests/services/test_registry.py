@@ -4,9 +4,13 @@ from typing import Any
 
 import pytest
 from sqlalchemy.orm import Session
+from torch import nn
 
 from app.db.session import Database
+from app.ml import serialization
 from app.services import registry
+
+WEIGHTS = serialization.weights_to_bytes(nn.Linear(2, 1))
 
 # The race only exists where writers run concurrently: PostgreSQL.
 pytestmark = pytest.mark.postgres
@@ -16,7 +20,7 @@ def register(session: Session, name: str) -> Any:
     return registry.register_version(
         session,
         name=name,
-        weights=b"w",
+        weights=WEIGHTS,
         job_id=None,
         dataset_id="ds_x",
         kind="source",
@@ -26,7 +30,7 @@ def register(session: Session, name: str) -> Any:
         hyperparameters={},
         preprocessing={},
         metrics={},
-        size_bytes=1,
+        size_bytes=len(WEIGHTS),
         sha256="0" * 64,
     )
 

@@ -49,6 +49,7 @@ def version_to_read(session: Session, version: ModelVersion) -> ModelVersionRead
             "metrics": version.metrics,
             "size_bytes": version.size_bytes,
             "sha256": version.sha256,
+            "memory_bytes": version.memory_bytes,
             "aliases": registry_service.aliases_of_version(session, version),
         }
     )

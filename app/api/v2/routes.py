@@ -10,6 +10,7 @@ import zlib
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from starlette.responses import Response
@@ -202,35 +203,39 @@ _INFER_DOCS: dict[str, Any] = {
 
 
 @router.post("/models/{name}/infer", summary="Infer (default version)", **_INFER_DOCS)
-def infer(request: Request, name: str, body: BodyDep) -> Response:
+async def infer(request: Request, name: str, body: BodyDep) -> Response:
     """Predict with the version /v1 would use: alias `production`, else the latest."""
-    return _infer(request, body, name, None)
+    return await _infer(request, body, name, None)
 
 
 @router.post("/models/{name}/versions/{version}/infer", summary="Infer", **_INFER_DOCS)
-def infer_version(request: Request, name: str, version: str, body: BodyDep) -> Response:
+async def infer_version(request: Request, name: str, version: str, body: BodyDep) -> Response:
     """Predict with one version."""
-    return _infer(request, body, name, version)
+    return await _infer(request, body, name, version)
 
 
-def _infer(request: Request, body: bytes, name: str, version: str | None) -> Response:
+def _find(state: Any, name: str, version: str | None) -> ModelVersion:
+    with state.database.read_scope() as session:
+        return _resolve(session, name, version)
+
+
+async def _infer(request: Request, body: bytes, name: str, version: str | None) -> Response:
     state = request.app.state
     body = _decompressed(body, request.headers.get("content-encoding"), state)
     decoded = decode_request(body, _header_length(request))
     header = decoded.header
     started = time.perf_counter()
-    with state.database.read_scope() as session:
-        found = _resolve(session, name, version)
-        rows = mapping.rows_for(found, decoded.inputs)
-        wanted, binary = _selected_outputs(header, mapping.output_names(found))
-        try:
-            result = inference.predict_rows(session, state.model_cache, found, rows)
-        except AppError as exc:
-            raise V2Error(400 if exc.status_code == 422 else exc.status_code, exc.detail) from exc
-        elapsed = time.perf_counter() - started
+    found = await run_in_threadpool(_find, state, name, version)
+    rows = mapping.rows_for(found, decoded.inputs)
+    wanted, binary = _selected_outputs(header, mapping.output_names(found))
+    try:
+        result = await inference.predict_rows(state.predictions, found, rows)
+    except AppError as exc:
+        raise V2Error(400 if exc.status_code == 422 else exc.status_code, exc.detail) from exc
+    elapsed = time.perf_counter() - started
     metrics = getattr(state, "metrics", None)
     if metrics is not None:
-        metrics.observe_unbatched_prediction(found.model_name, found.version, len(rows), elapsed)
+        metrics.observe_prediction(found.model_name, found.version, len(rows), elapsed)
     outputs = [o for o in mapping.outputs_from_prediction(found, result) if o.name in wanted]
     outputs.sort(key=lambda o: wanted.index(o.name))
     response_header: dict[str, Any] = {

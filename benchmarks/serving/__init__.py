@@ -1,0 +1,1 @@
+"""Serving benchmark: `python -m benchmarks.serving [--quick]` (see run.py)."""

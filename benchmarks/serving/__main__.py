@@ -1,0 +1,3 @@
+from benchmarks.serving.run import main
+
+main()
