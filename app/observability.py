@@ -6,7 +6,7 @@ Series (all prefixed `graft_`):
   so the label set stays bounded; requests that match no route count as `<unmatched>`.
 - predictions_total, prediction_rows_total, prediction_duration_seconds {model, version}.
 - batch_rows and batch_requests {model, version}: rows and requests per forward pass
-  (`record_batch`, for the batcher; the unbatched path records requests=1).
+  (`record_batch`, which the PredictionService calls after every forward pass).
 - model_cache_{hits,misses,loads,evictions}_total, model_cache_entries, model_cache_bytes:
   read from the app's model cache at scrape time.
 - jobs{status, kind}: jobs in the database per status, counted at scrape time.
