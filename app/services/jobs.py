@@ -9,7 +9,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db.models import Dataset, Job, JobEvent, ModelVersion
-from app.enums import EventType, JobKind, JobStatus, Task
+from app.enums import EventType, JobKind, JobStatus, Strategy, Task
 from app.errors import Conflict, Invalid, NotFound
 from app.ids import new_id, utcnow
 from app.jobs.events import add_event
@@ -111,6 +111,27 @@ def _check_fine_tuning_request(
         )
 
 
+def _check_joint_source(session: Session, base: ModelVersion) -> None:
+    """`joint` trains on the base's own training rows: they must still be there and usable."""
+    source = session.get(Dataset, base.dataset_id)
+    if source is None:
+        raise Conflict(
+            "source_dataset_unavailable",
+            f"strategy joint trains on the rows {base.model_name} version {base.version} was "
+            f"trained on, dataset {base.dataset_id}, which no longer exists; choose another "
+            "strategy",
+        )
+    columns = _columns(source)
+    needed = [column["name"] for column in base.signature["inputs"]] + [base.signature["target"]]
+    missing = [name for name in needed if name not in columns]
+    if missing:
+        raise Invalid(
+            "source_dataset_mismatch",
+            f"strategy joint needs columns {needed} in the source dataset {source.id}; "
+            f"it lacks {missing}",
+        )
+
+
 def _request_hash(kind: JobKind, body: dict[str, Any]) -> str:
     canonical = json.dumps({"kind": kind, "body": body}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -200,6 +221,8 @@ def submit_fine_tuning(
     base = registry_service.resolve(session, ref.name, version=ref.version, alias=ref.alias)
     dataset = datasets_service.get(session, request.dataset_id)
     _check_fine_tuning_request(dataset, request, base)
+    if request.strategy == Strategy.JOINT:
+        _check_joint_source(session, base)
     return _insert(
         session,
         kind=JobKind.FINE_TUNING,
