@@ -225,8 +225,13 @@ def run(
             EventType.WARNING,
             f"negative transfer: {choice.name} scores {metric} {report['score']['mean']:.4f} "
             f"in cross-validation, below the target-only baseline "
-            f"{baseline.name} at {report['baseline']['mean']:.4f}; consider strategy scratch "
-            "or auto",
+            f"{baseline.name} at {report['baseline']['mean']:.4f}"
+            + (
+                " (a gap smaller than the folds' spread, so possibly noise)"
+                if -report["transfer_gain"] < report["score"]["std"]
+                else ""
+            )
+            + "; consider strategy scratch or auto",
             {"transfer_gain": report["transfer_gain"]},
         )
     if strategy == "auto" and not choice.uses_source:
