@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from app.ml import features, strategies, training
@@ -169,9 +170,15 @@ def train_candidate(
     if candidate.strategy == "joint":
         x_train, y_train, weights = _joint_rows(data, x_train, y_train, settings)
         fit_kwargs["sample_weight"] = weights
+        # Batches grow with the data so that joint takes as many optimiser steps per epoch
+        # as the target-only strategies: the same budget, and a cost that does not scale with
+        # the source's size.
+        growth = math.ceil(len(weights) / max(len(train_idx), 1))
+        fit_kwargs["batch_size"] = settings.batch_size * growth
         notes.append(
             f"joint: {len(weights) - len(train_idx)} source rows and {len(train_idx)} target "
-            f"rows, a target row weighing {float(weights[-1]):.3g}"
+            f"rows, a target row weighing {float(weights[-1]):.3g}, batches of "
+            f"{fit_kwargs['batch_size']}"
         )
     if candidate.strategy == "lp_ft":
         result = _lp_ft(model, x_train, y_train, x_val, y_val, settings, fit_kwargs)
@@ -214,7 +221,12 @@ def _lp_ft(
     settings: Settings,
     fit_kwargs: dict[str, Any],
 ) -> training.TrainResult:
-    """Linear probe on the frozen trunk, then every weight at lr * ft_lr_factor."""
+    """Linear probe on the frozen trunk, then every weight at lr * ft_lr_factor.
+
+    The probe starts from a converged logistic (ridge) regression on the trunk's features, as
+    Kumar et al. fit theirs, so even a budget of a few optimiser steps has a fitted head to
+    fine-tune from; its epochs then refine the head by gradient descent.
+    """
     total = settings.epochs
     probe_epochs = max(1, round(total * settings.lp_epochs_fraction))
     if total >= 2:
@@ -232,6 +244,7 @@ def _lp_ft(
         return report
 
     strategies.set_trunk_frozen(model, True)
+    _fit_probe(model, x_train, y_train, fit_kwargs["target_spec"], settings)
     probe = training.fit(
         model,
         x_train,
@@ -269,6 +282,32 @@ def _lp_ft(
         history=history,
         metrics=tune.metrics,
     )
+
+
+def _fit_probe(
+    model: nn.Module,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    target_spec: dict[str, Any],
+    settings: Settings,
+) -> None:
+    trunk = getattr(model, "trunk", None)
+    head = getattr(model, "head", None)
+    if not isinstance(trunk, nn.Module) or not isinstance(head, nn.Linear) or not len(x_train):
+        return
+    model.eval()
+    with torch.no_grad():
+        feats = trunk(torch.as_tensor(np.asarray(x_train, dtype=np.float32))).reshape(
+            len(x_train), -1
+        )
+    probe = fit_linear(
+        feats.numpy(), y_train, target_spec, regularisation=settings.linear_regularisation
+    )
+    fitted = probe.head
+    assert isinstance(fitted, nn.Linear)
+    with torch.no_grad():
+        head.weight.copy_(fitted.weight)
+        head.bias.copy_(fitted.bias)
 
 
 def _train_linear(

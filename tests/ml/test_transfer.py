@@ -90,6 +90,22 @@ class TestLpFt:
 
         assert trunk_shift(1e-6) < 1e-3 < trunk_shift(1.0)
 
+    def test_probe_starts_from_a_converged_linear_fit_on_the_trunk_features(
+        self, source_model: nn.Module
+    ):
+        from sklearn.linear_model import LogisticRegression
+
+        data = _data(source_model)
+        # A learning rate too small to move anything: what remains is the probe's fit.
+        settings = transfer.Settings(epochs=2, learning_rate=1e-12)
+        model = transfer.train_candidate(
+            transfer.Candidate("lp_ft", "source"), data, settings, ALL, NONE
+        ).model
+        with torch.no_grad():
+            feats = source_model.trunk(torch.as_tensor(data.x["source"])).numpy()
+        expected = LogisticRegression(max_iter=1000).fit(feats, data.y)
+        assert np.allclose(model.head.weight.detach().numpy()[1], expected.coef_[0], atol=1e-4)
+
 
 class TestL2Sp:
     def test_penalty_value(self):
