@@ -1,6 +1,6 @@
 """A fine-tuning job from data to a trained model: strategy, normalisation, report, auto.
 
-The runner hands over the target frame and callbacks; this module loads the base version and
+The runner hands over the target rows, labels and callbacks; this module loads the base version and
 (when it is still there) the source rows from the base's lineage, scores candidates by
 cross-validation, trains the chosen one and writes the transfer report.
 """
@@ -55,14 +55,19 @@ class _Source:
 def run(
     db: Database,
     job: Job,
-    frame: pd.DataFrame,
+    rows: Any,
+    labels: pd.Series,
     request: dict[str, Any],
     *,
     on_epoch: Callable[[training.EpochMetrics], None],
     check: Callable[[], None],
     emit: Emit,
 ) -> Outcome:
-    """Train the fine-tuned model the request asks for and report how transfer did."""
+    """Train the fine-tuned model the request asks for and report how transfer did.
+
+    `rows` are the target's inputs in whatever form `features.encode` reads for the base's
+    preprocessing (a DataFrame for tabular specs); `labels` is the target column.
+    """
     assert job.base_model_name is not None and job.base_model_version is not None
     with db.read_scope() as session:
         base = registry_service.get_version(
@@ -84,17 +89,17 @@ def run(
 
     # The label space and whether the source head still fits it.
     if task == Task.CLASSIFICATION:
-        observed = tabular.fit_target(frame[target], task)["classes"]
+        observed = tabular.fit_target(labels, task)["classes"]
         classes = tabular.merge_classes(source_target["classes"], observed)
         target_spec = {**source_target, "classes": classes}
         keep_head = classes == source_target["classes"]
         if not keep_head:
             new = classes[len(source_target["classes"]) :]
             emit(EventType.LOG, f"output head replaced: the target brings new classes {new}", None)
-        if frame[target].dropna().nunique() == 1:
+        if labels.dropna().nunique() == 1:
             emit(
                 EventType.WARNING,
-                f"the training data holds a single class ({frame[target].dropna().iloc[0]!r}): "
+                f"the training data holds a single class ({labels.dropna().iloc[0]!r}): "
                 "the model can only learn to predict that class; add rows of other classes "
                 "for a useful classifier",
                 None,
@@ -104,12 +109,12 @@ def run(
         keep_head = True
 
     # The target rows under the source's scaling and under scaling refitted on the target.
-    refit_features = features.refit_scaling(source_features, frame)
+    refit_features = features.refit_scaling(source_features, rows)
     x = {
-        "source": features.encode(source_features, frame),
-        "target": features.encode(refit_features, frame),
+        "source": features.encode(source_features, rows),
+        "target": features.encode(refit_features, rows),
     }
-    y = tabular.encode_target(target_spec, frame[target])
+    y = tabular.encode_target(target_spec, labels)
     output_dim = len(target_spec["classes"]) if task == Task.CLASSIFICATION else 1
     architecture = {**base.architecture, "output_dim": output_dim}
     source_model = serialization.load_model(
@@ -152,7 +157,7 @@ def run(
     scored = list(dict.fromkeys([*candidates, baseline]))
 
     folds, repeats = transfer.fold_plan(len(y), hyper.get("cv_folds") or 4, hyper.get("cv_repeats"))
-    labels = y if task == Task.CLASSIFICATION else None
+    strata = y if task == Task.CLASSIFICATION else None
     try:
         splits = transfer.fold_indices(y, task, folds, repeats, settings.seed)
     except DataError as exc:
@@ -208,7 +213,7 @@ def run(
         train_idx, val_idx = np.arange(len(y)), np.zeros(0, dtype=np.int64)
     else:
         train_idx, val_idx = training.split_indices(
-            len(y), hyper["validation_fraction"], settings.seed, labels
+            len(y), hyper["validation_fraction"], settings.seed, strata
         )
     trained = transfer.train_candidate(
         choice, data, settings, train_idx, val_idx, on_epoch=on_epoch
@@ -305,11 +310,17 @@ def _source_rows(
 ) -> _Source:
     """The base version's training rows, encoded as the base encodes them, if still usable."""
     try:
-        with db.read_scope() as session:
-            frame = datasets_service.load_frame(session, dataset_id)
-        x = features.encode(feature_spec, frame)
-        y = tabular.encode_target(target_spec, frame[target_column])
+        rows, labels = load_rows(db, dataset_id, target_column)
+        x = features.encode(feature_spec, rows)
+        y = tabular.encode_target(target_spec, labels)
     except (AppError, DataError, KeyError) as exc:
         reason = getattr(exc, "detail", None) or str(exc)
         return _Source(None, None, f"source rows from dataset {dataset_id} unavailable: {reason}")
     return _Source(x, y, f"source rows: {len(y)} from dataset {dataset_id}")
+
+
+def load_rows(db: Database, dataset_id: str, target_column: str) -> tuple[Any, pd.Series]:
+    """A dataset's inputs (as `features.encode` reads them) and its target column."""
+    with db.read_scope() as session:
+        frame = datasets_service.load_frame(session, dataset_id)
+    return frame, frame[target_column]

@@ -254,6 +254,7 @@ def run_job(db: Database, job_id: str, context: WorkerContext) -> JobStatus:
                 db,
                 job,
                 frame,
+                frame[request["target_column"]],
                 request,
                 on_epoch=reporter,
                 check=reporter.check,

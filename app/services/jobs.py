@@ -19,6 +19,8 @@ from app.services import registry as registry_service
 from app.services.pagination import paginate
 
 _NUMERIC_DTYPES = {"int64", "float64", "bool"}
+# Cross-validation (strategy auto, target_normalization auto) needs two folds of two rows.
+MIN_CV_ROWS = 4
 _FEATURE_DTYPES = _NUMERIC_DTYPES | {"string", "category"}
 
 
@@ -223,6 +225,13 @@ def submit_fine_tuning(
     _check_fine_tuning_request(dataset, request, base)
     if request.strategy == Strategy.JOINT:
         _check_joint_source(session, base)
+    chooses = request.strategy == Strategy.AUTO or request.target_normalization == "auto"
+    if chooses and dataset.rows < MIN_CV_ROWS:
+        raise Invalid(
+            "dataset_too_small",
+            f"strategy auto and target_normalization auto choose by cross-validation, which "
+            f"needs at least {MIN_CV_ROWS} target rows; dataset {dataset.id} has {dataset.rows}",
+        )
     return _insert(
         session,
         kind=JobKind.FINE_TUNING,

@@ -393,3 +393,31 @@ class TestValidation:
         report = client.get("/v1/models/a/versions/1").json()["transfer_report"]
         assert report["domain_shift"]["classifier_auc"] is None
         assert any("joint left out" in e["message"] for e in events(client, job_id))
+
+    @pytest.mark.parametrize(
+        "choice", [{"strategy": "auto"}, {"strategy": "feature", "target_normalization": "auto"}]
+    )
+    def test_choosing_needs_enough_rows_for_cross_validation(
+        self, client: TestClient, database: Database, choice: dict
+    ) -> None:
+        source_and_target(client, database)
+        tiny = upload(client, "tiny.csv", csv_bytes(blobs_frame(3, 5))).json()["id"]
+        body = {
+            "base_model": {"name": "src"},
+            "dataset_id": tiny,
+            "target_column": "label",
+            "model_name": "tiny",
+            **choice,
+        }
+        problem = assert_problem(
+            client.post("/v1/jobs/fine-tuning", json=body), 422, "dataset_too_small"
+        )
+        assert "at least 4" in problem["detail"]
+        # A named strategy on the same rows is accepted; its report says why it has no CV.
+        job_id = fine_tune(client, tiny, "tiny", "feature")
+        run_pending_jobs(database)
+        assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "succeeded"
+        version = client.get("/v1/models/tiny/versions/1").json()
+        assert version["transfer_report"]["score"] is None
+        assert version["transfer_report"]["transfer_gain"] is None
+        assert any("no transfer report" in e["message"] for e in events(client, job_id))
