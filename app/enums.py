@@ -62,3 +62,4 @@ class DatasetFormat(StrEnum):
     CSV = "csv"
     PARQUET = "parquet"
     JSONL = "jsonl"
+    NPZ = "npz"

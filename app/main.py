@@ -11,9 +11,13 @@ from app.api.docs import add_docs
 from app.api.limits import BodyLimitMiddleware
 from app.api.problems import add_exception_handlers
 from app.api.routes import health
+from app.api.v2.errors import scope_exception_handlers
+from app.api.v2.routes import router as v2_router
 from app.config import Settings, get_settings
 from app.db.session import Database
 from app.jobs.worker import LocalWorkerPool
+from app.observability import Metrics, RequestMetricsMiddleware
+from app.observability import router as metrics_router
 from app.serving.cache import ModelCache
 
 log = logging.getLogger(__name__)
@@ -35,7 +39,11 @@ TAGS = [
     {"name": "jobs", "description": "Source training and fine-tuning run as background jobs."},
     {"name": "models", "description": "The registry: versions, lineage, aliases, weights."},
     {"name": "predictions", "description": "Serve predictions from any version or alias."},
-    {"name": "operations", "description": "Liveness and readiness."},
+    {"name": "operations", "description": "Liveness, readiness and Prometheus metrics."},
+    {
+        "name": "inference protocol (v2)",
+        "description": "The Open Inference Protocol (KServe, Triton): tensors in, tensors out.",
+    },
 ]
 
 
@@ -75,8 +83,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         default_limit=settings.max_request_bytes,
         upload_limit=settings.max_upload_bytes,
     )
+    # Outermost, so that it also counts the 413s the body limit answers itself.
+    app.state.metrics = Metrics(app.state)
+    app.add_middleware(RequestMetricsMiddleware, metrics=app.state.metrics)
     add_exception_handlers(app)
+    scope_exception_handlers(app)
     app.include_router(health.router)
+    app.include_router(metrics_router)
     app.include_router(api_router)
+    app.include_router(v2_router)
     add_docs(app)
     return app

@@ -17,7 +17,7 @@ from app.db.models import Job
 from app.db.session import Database
 from app.enums import EventType, Task, VersionKind
 from app.errors import AppError
-from app.ml import features, serialization, tabular, training, transfer
+from app.ml import features, inputs, serialization, tabular, training, transfer
 from app.ml.errors import DataError
 from app.ml.linear import linear_architecture
 from app.services import datasets as datasets_service
@@ -322,5 +322,5 @@ def _source_rows(
 def load_rows(db: Database, dataset_id: str, target_column: str) -> tuple[Any, pd.Series]:
     """A dataset's inputs (as `features.encode` reads them) and its target column."""
     with db.read_scope() as session:
-        frame = datasets_service.load_frame(session, dataset_id)
-    return frame, frame[target_column]
+        data = datasets_service.load_data(session, dataset_id)
+    return data, inputs.labels(data, target_column)

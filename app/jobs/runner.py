@@ -15,9 +15,8 @@ from app.enums import EventType, JobKind, JobStatus, Task, VersionKind
 from app.ids import utcnow
 from app.jobs import fine_tuning
 from app.jobs.events import add_event
-from app.ml import architectures, serialization, tabular, training
+from app.ml import architectures, inputs, serialization, tabular, training
 from app.ml.errors import DataError
-from app.ml.frames import column_dtype
 from app.services import datasets as datasets_service
 from app.services import registry as registry_service
 
@@ -54,16 +53,16 @@ class _Prepared:
     notes: list[str]
 
 
-def _signature(frame: pd.DataFrame, features: list[str], target: str, target_spec: dict) -> dict:
+def _signature(data: inputs.Data, features: list[str], target: str, target_spec: dict) -> dict:
     return {
-        "inputs": [{"name": name, "dtype": column_dtype(frame[name])} for name in features],
+        "inputs": inputs.signature_inputs(data, features),
         "classes": target_spec.get("classes"),
         "target": target,
     }
 
 
-def _class_warnings(frame: pd.DataFrame, target: str) -> list[str]:
-    observed = frame[target].dropna().unique()
+def _class_warnings(labels: pd.Series) -> list[str]:
+    observed = labels.dropna().unique()
     if len(observed) == 1:
         return [
             f"the training data holds a single class ({observed[0]!r}): the model can only "
@@ -72,17 +71,19 @@ def _class_warnings(frame: pd.DataFrame, target: str) -> list[str]:
     return []
 
 
-def _prepare_source(frame: pd.DataFrame, request: dict[str, Any], seed: int) -> _Prepared:
+def _prepare_source(data: inputs.Data, request: dict[str, Any], seed: int) -> _Prepared:
     target = request["target_column"]
-    features = request.get("feature_columns") or [c for c in frame.columns if c != target]
-    task = Task(request.get("task") or tabular.infer_task(frame[target]))
-    feature_spec = tabular.fit_features(frame, features)
-    target_spec = tabular.fit_target(frame[target], task)
+    labels = inputs.labels(data, target)
+    features = inputs.feature_names(data, target, request.get("feature_columns"))
+    task = Task(request.get("task") or tabular.infer_task(labels))
+    feature_spec = inputs.fit_features(data, features)
+    target_spec = tabular.fit_target(labels, task)
     output_dim = len(target_spec["classes"]) if task == Task.CLASSIFICATION else 1
     architecture = {
         **request["architecture"],
         "input_dim": feature_spec["input_dim"],
         "output_dim": output_dim,
+        **inputs.architecture_inputs(feature_spec),
     }
     training.set_seed(seed)
     model = architectures.build_model(architecture, feature_spec["input_dim"], output_dim)
@@ -93,14 +94,14 @@ def _prepare_source(frame: pd.DataFrame, request: dict[str, Any], seed: int) -> 
         feature_spec=feature_spec,
         target_spec=target_spec,
         architecture=architecture,
-        signature=_signature(frame, features, target, target_spec),
+        signature=_signature(data, features, target, target_spec),
         version_fields={
             "kind": VersionKind.SOURCE,
             "strategy": None,
             "parent_name": None,
             "parent_version": None,
         },
-        warnings=_class_warnings(frame, target) if task == Task.CLASSIFICATION else [],
+        warnings=_class_warnings(labels) if task == Task.CLASSIFICATION else [],
         notes=[f"task: {task}; {len(features)} features -> {feature_spec['input_dim']} inputs"],
     )
 
@@ -108,19 +109,18 @@ def _prepare_source(frame: pd.DataFrame, request: dict[str, Any], seed: int) -> 
 def _train_source(
     db: Database,
     job_id: str,
-    frame: pd.DataFrame,
+    data: inputs.Data,
     request: dict[str, Any],
     reporter: "_Reporter",
 ) -> fine_tuning.Outcome:
     hyper = request["hyperparameters"]
-    prepared = _prepare_source(frame, request, hyper["seed"])
+    prepared = _prepare_source(data, request, hyper["seed"])
     with db.session_scope() as session:
         for note in prepared.notes:
             add_event(session, job_id, EventType.LOG, note)
         for warning in prepared.warnings:
             add_event(session, job_id, EventType.WARNING, warning)
-    x = tabular.transform_features(prepared.feature_spec, frame)
-    y = tabular.encode_target(prepared.target_spec, frame[prepared.target])
+    x, y = inputs.encode(data, prepared.feature_spec, prepared.target_spec, prepared.target)
     labels = y if prepared.task == Task.CLASSIFICATION else None
     train_idx, val_idx = training.split_indices(
         len(y), hyper["validation_fraction"], hyper["seed"], labels
@@ -245,16 +245,16 @@ def run_job(db: Database, job_id: str, context: WorkerContext) -> JobStatus:
     hyper = request["hyperparameters"]
     try:
         with db.read_scope() as session:
-            frame = datasets_service.load_frame(session, job.dataset_id)
+            data = datasets_service.load_data(session, job.dataset_id)
         reporter = _Reporter(db, job_id, context)
         if job.kind == JobKind.SOURCE_TRAINING:
-            outcome = _train_source(db, job_id, frame, request, reporter)
+            outcome = _train_source(db, job_id, data, request, reporter)
         else:
             outcome = fine_tuning.run(
                 db,
                 job,
-                frame,
-                frame[request["target_column"]],
+                data,
+                inputs.labels(data, request["target_column"]),
                 request,
                 on_epoch=reporter,
                 check=reporter.check,

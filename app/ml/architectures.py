@@ -1,6 +1,7 @@
 """Model builders, registered by name so an architecture dict can be rebuilt from JSON."""
 
 import inspect
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -64,7 +65,130 @@ def build_mlp(
     return MLP(nn.Sequential(*layers), nn.Linear(width, output_dim))
 
 
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"mlp": build_mlp}
+class CNN(nn.Module):
+    """Convolutional blocks and dense layers as the trunk, then a linear head, like `MLP`.
+
+    It reads images flattened to (n, C·H·W), the layout the training loop and the image
+    preprocessing use, and restores their shape first; (n, C, H, W) input works too.
+    """
+
+    def __init__(self, trunk: nn.Sequential, head: nn.Linear, input_shape: list[int]) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.head = head
+        self.input_shape = list(input_shape)
+
+    @property
+    def input_dim(self) -> int:
+        """Number of values in one image, C·H·W."""
+        return int(math.prod(self.input_shape))
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of the features the head reads."""
+        return self.head.in_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (classification) or standardised values (regression), shape (n, output_dim)."""
+        return self.head(self.trunk(x))
+
+
+class _AsImages(nn.Module):
+    """Reshape (n, C·H·W) or (n, C, H, W) input to (n, C, H, W); it holds no parameters."""
+
+    def __init__(self, input_shape: list[int]) -> None:
+        super().__init__()
+        self.input_shape = tuple(input_shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], *self.input_shape)
+
+
+# The dense layers of a CNN read at most this many convolutional features; more would make
+# the first dense layer the bulk of the model (add a pooling block instead).
+MAX_CNN_FEATURES = 65_536
+
+
+def cnn_feature_shape(input_shape: list[int], channels: list[int]) -> list[int]:
+    """(channels, height, width) after the convolutional blocks; ValueError if it is unusable.
+
+    Every block halves height and width (2x2 max pooling, rounding down).
+    """
+    if len(input_shape) != 3 or any(
+        isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in input_shape
+    ):
+        raise ValueError(f"input_shape must be [channels, height, width], got {input_shape!r}")
+    if not isinstance(channels, list | tuple) or not channels:
+        raise ValueError(f"channels must be a non-empty list of sizes, got {channels!r}")
+    for size in channels:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"channel sizes must be positive integers, got {size!r}")
+    _, height, width = input_shape
+    depth = len(channels)
+    out_h, out_w = height >> depth, width >> depth
+    if out_h < 1 or out_w < 1:
+        fits = max(0, min(height, width).bit_length() - 1)
+        raise ValueError(
+            f"{height}x{width} images are too small for {depth} convolutional blocks: each "
+            f"block halves height and width, leaving {out_h}x{out_w}; use at most {fits} "
+            "entries in `channels`, or larger images"
+        )
+    features = channels[-1] * out_h * out_w
+    if features > MAX_CNN_FEATURES:
+        raise ValueError(
+            f"the convolutional blocks leave {channels[-1]}x{out_h}x{out_w} = {features} "
+            f"features for the dense layers, more than {MAX_CNN_FEATURES}; add a block to "
+            "`channels` (each halves height and width) or use fewer channels in the last one"
+        )
+    return [channels[-1], out_h, out_w]
+
+
+def build_cnn(
+    input_dim: int,
+    output_dim: int,
+    *,
+    input_shape: list[int],
+    channels: list[int],
+    kernel_size: int = 3,
+    hidden_layers: list[int],
+    dropout: float = 0.0,
+    activation: str = "relu",
+    batch_norm: bool = False,
+) -> CNN:
+    """Per channel count a block Conv2d (same padding), [BatchNorm2d], activation, MaxPool2d(2);
+    then Flatten, the hidden dense layers as in the MLP, and a Linear head."""
+    _check_dims(input_dim, output_dim)
+    feature_shape = cnn_feature_shape(input_shape, channels)
+    if input_dim != math.prod(input_shape):
+        raise ValueError(f"input_dim {input_dim} does not match input_shape {input_shape}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(
+            f"unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS)}"
+        )
+    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1:
+        raise ValueError(f"kernel_size must be a positive integer, got {kernel_size!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    layers: list[nn.Module] = [_AsImages(input_shape)]
+    in_channels = input_shape[0]
+    for out_channels in channels:
+        layers.append(nn.Conv2d(in_channels, out_channels, kernel_size, padding="same"))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(out_channels))
+        layers += [ACTIVATIONS[activation](), nn.MaxPool2d(2)]
+        in_channels = out_channels
+    layers.append(nn.Flatten())
+    dense = build_mlp(
+        math.prod(feature_shape),
+        output_dim,
+        hidden_layers=hidden_layers,
+        dropout=dropout,
+        activation=activation,
+    )
+    return CNN(nn.Sequential(*layers, *dense.trunk), dense.head, input_shape)
+
+
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"mlp": build_mlp, "cnn": build_cnn}
 
 
 def build_model(architecture: dict[str, Any], input_dim: int, output_dim: int) -> nn.Module:

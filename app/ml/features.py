@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from app.ml import tabular
+from app.ml import images, inputs, tabular
 
 
 def spec_kind(spec: dict[str, Any]) -> str:
@@ -26,6 +26,8 @@ def refit_scaling(spec: dict[str, Any], data: Any) -> dict[str, Any]:
     kind = spec_kind(spec)
     if kind == "tabular":
         return tabular.refit_scaling(spec, data)
+    if kind == "image":
+        return images.refit_image_scaling(spec, data.images)
     raise ValueError(f"refitting the input scaling of {kind!r} preprocessing is not supported")
 
 
@@ -40,14 +42,17 @@ def shift_features(spec: dict[str, Any], x: np.ndarray) -> tuple[list[str], np.n
         columns = tabular.scaled_columns(spec)
         index = [position for _, position in columns]
         return [name for name, _ in columns], np.asarray(x)[:, index].astype(np.float64)
+    if kind == "image":
+        # Per channel: each image's mean standardised intensity, a brightness/contrast shift
+        # summary that stays small however many pixels there are.
+        channels = len(spec["mean"])
+        per_image = np.asarray(x, dtype=np.float64).reshape(len(x), channels, -1).mean(axis=2)
+        return [f"channel_{c}" for c in range(channels)], per_image
     # Any other layout: one summary feature per flattened input.
     flat = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
     return [f"input_{i}" for i in range(flat.shape[1])], flat
 
 
 def encode(spec: dict[str, Any], data: Any) -> np.ndarray:
-    """The model's input array for raw rows `data`, following a fitted spec."""
-    kind = spec_kind(spec)
-    if kind == "tabular":
-        return tabular.transform_features(spec, data)
-    raise ValueError(f"encoding {kind!r} preprocessing is not supported")
+    """The model's input array for raw rows `data` (a frame or an image set), following a spec."""
+    return inputs.encode_features(spec, data)

@@ -109,11 +109,14 @@ def trainable_parameter_names(model: nn.Module) -> list[str]:
 
 def _copy_source(source_model: nn.Module, input_dim: int) -> nn.Module:
     _head(source_model)
-    first = next((m for m in source_model.modules() if isinstance(m, nn.Linear)), None)
-    if first is not None and first.in_features != input_dim:
-        raise ValueError(
-            f"the source model reads {first.in_features} features but the target has {input_dim}"
-        )
+    # A model that reshapes its input (the CNN) says how wide it is; for an MLP it is the
+    # width of the first Linear layer.
+    reads = getattr(source_model, "input_dim", None)
+    if reads is None:
+        first = next((m for m in source_model.modules() if isinstance(m, nn.Linear)), None)
+        reads = None if first is None else first.in_features
+    if reads is not None and reads != input_dim:
+        raise ValueError(f"the source model reads {reads} features but the target has {input_dim}")
     # A deep copy so that training never writes into the registered source weights.
     return copy.deepcopy(source_model)
 

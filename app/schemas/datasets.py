@@ -6,11 +6,18 @@ from pydantic import Field, model_validator
 from app.schemas.common import MAX_INT32, RequestSchema, Schema
 
 BuiltinName = Literal["iris", "wine", "breast_cancer", "digits", "diabetes"]
+IMAGE_BUILTINS = ("digits",)
 
 
 class ColumnRead(Schema):
     name: str
     dtype: str
+    # Left out of tabular columns rather than shown as null.
+    shape: list[int] | None = Field(
+        None,
+        exclude_if=lambda value: value is None,
+        description="Image columns only: the shape of one image, [channels, height, width].",
+    )
 
 
 class DatasetRead(Schema):
@@ -38,6 +45,10 @@ class BuiltinDatasetCreate(RequestSchema):
         le=2**32 - 1,
         description="Shuffle the rows with this seed before taking the range.",
     )
+    as_images: bool = Field(
+        False,
+        description="Store an image dataset as images (digits: 1x8x8) for a CNN, not as a table.",
+    )
 
     model_config = {"json_schema_extra": {"examples": [{"name": "iris", "start": 0, "stop": 100}]}}
 
@@ -45,4 +56,8 @@ class BuiltinDatasetCreate(RequestSchema):
     def _range_is_ordered(self) -> "BuiltinDatasetCreate":
         if self.start is not None and self.stop is not None and self.start >= self.stop:
             raise ValueError(f"start ({self.start}) must be less than stop ({self.stop})")
+        if self.as_images and self.name not in IMAGE_BUILTINS:
+            raise ValueError(
+                f"as_images works for {list(IMAGE_BUILTINS)}; {self.name} is tabular data"
+            )
         return self

@@ -1,7 +1,7 @@
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 
 from app.enums import EventType, JobKind, JobStatus, Strategy, TargetNormalization, Task
 from app.schemas.common import MAX_INT32, RequestSchema, Schema
@@ -24,6 +24,51 @@ class Architecture(RequestSchema):
             if not 1 <= width <= 4096:
                 raise ValueError(f"hidden_layers[{index}] is {width}; expected 1 to 4096")
         return self
+
+
+class CnnArchitecture(RequestSchema):
+    """A small CNN for image datasets: the trunk is the convolutional blocks and dense layers."""
+
+    type: Literal["cnn"]
+    channels: list[int] = Field(
+        default_factory=lambda: [16, 32],
+        min_length=1,
+        max_length=8,
+        description="Output channels of each convolutional block; each block halves H and W.",
+    )
+    kernel_size: int = Field(3, ge=1, le=9)
+    hidden_layers: list[int] = Field(
+        default_factory=lambda: [64], max_length=16, description="Dense layers after the blocks."
+    )
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    activation: Literal["relu", "gelu", "tanh", "sigmoid", "leaky_relu", "silu"] = "relu"
+    batch_norm: bool = Field(False, description="BatchNorm2d after each convolution.")
+
+    @model_validator(mode="after")
+    def _sizes_in_range(self) -> "CnnArchitecture":
+        for index, size in enumerate(self.channels):
+            if not 1 <= size <= 512:
+                raise ValueError(f"channels[{index}] is {size}; expected 1 to 512")
+        for index, width in enumerate(self.hidden_layers):
+            if not 1 <= width <= 4096:
+                raise ValueError(f"hidden_layers[{index}] is {width}; expected 1 to 4096")
+        return self
+
+
+def _parse_architecture(value: Any) -> Any:
+    # Picks the class by "type" before validating, so that error locations read
+    # ["architecture", "activation"] rather than naming a union member. A missing "type"
+    # means the MLP, as in requests written before the CNN existed.
+    if not isinstance(value, dict):
+        return value
+    kind = value.get("type", "mlp")
+    if kind not in ("mlp", "cnn"):
+        raise ValueError(f"unknown architecture type {kind!r}; expected 'mlp' or 'cnn'")
+    model = CnnArchitecture if kind == "cnn" else Architecture
+    return model.model_validate(value)
+
+
+AnyArchitecture = Annotated[Architecture | CnnArchitecture, BeforeValidator(_parse_architecture)]
 
 
 class Hyperparameters(RequestSchema):
@@ -89,7 +134,10 @@ class SourceTrainingCreate(RequestSchema):
         None, min_length=1, description="Default: every column but the target."
     )
     task: Task | None = Field(None, description="Default: inferred from the target column.")
-    architecture: Architecture = Field(default_factory=Architecture)
+    architecture: AnyArchitecture = Field(
+        default_factory=Architecture,
+        description='Default: an MLP for a table, a CNN (`{"type": "cnn"}`) for images.',
+    )
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
 
     model_config = {

@@ -9,11 +9,16 @@ Scalar = float | int | str | bool | None
 
 
 class PredictRequest(RequestSchema):
-    instances: list[list[Scalar]] | None = Field(
-        None, description="Rows of values in the version's signature order."
+    # Values are checked against the version's signature, which knows whether a row is a list
+    # of numbers and categories or an image (nested lists), so that errors can name the place.
+    instances: list[list[Any]] | None = Field(
+        None,
+        description="Rows of values in the version's signature order; for an image model, one "
+        "image per instance as CxHxW (or HxW for one channel) nested lists, or C·H·W numbers.",
     )
-    records: list[dict[str, Scalar]] | None = Field(
-        None, description="Rows as objects keyed by input column name."
+    records: list[dict[str, Any]] | None = Field(
+        None,
+        description='Rows as objects keyed by input column name; for images {"image": ...}.',
     )
 
     model_config = {

@@ -2,6 +2,7 @@
 
 import hashlib
 from pathlib import PurePath
+from typing import Any
 
 import pandas as pd
 from sqlalchemy import exists, select
@@ -11,7 +12,7 @@ from app.db.models import Dataset, Job
 from app.enums import ACTIVE_JOB_STATUSES, DatasetFormat
 from app.errors import Conflict, Invalid, NotFound, UnsupportedMediaType
 from app.ids import new_id, utcnow
-from app.ml import frames
+from app.ml import frames, images
 from app.ml.errors import DataError
 from app.schemas.datasets import BuiltinDatasetCreate
 from app.services.pagination import paginate
@@ -22,6 +23,7 @@ _EXTENSIONS = {
     ".pq": DatasetFormat.PARQUET,
     ".jsonl": DatasetFormat.JSONL,
     ".ndjson": DatasetFormat.JSONL,
+    ".npz": DatasetFormat.NPZ,
 }
 _MEDIA_TYPES = {
     "text/csv": DatasetFormat.CSV,
@@ -31,6 +33,7 @@ _MEDIA_TYPES = {
     "application/jsonl": DatasetFormat.JSONL,
     "application/x-ndjson": DatasetFormat.JSONL,
     "application/x-jsonlines": DatasetFormat.JSONL,
+    "application/x-npz": DatasetFormat.NPZ,
 }
 
 
@@ -45,22 +48,30 @@ def detect_format(filename: str | None, content_type: str | None) -> DatasetForm
     raise UnsupportedMediaType(
         "unsupported_media_type",
         f"cannot read {filename or 'the upload'!r} ({media or 'no media type'}); expected a "
-        "CSV (.csv), Parquet (.parquet) or JSON Lines (.jsonl) file",
+        "CSV (.csv), Parquet (.parquet) or JSON Lines (.jsonl) file, or NumPy images (.npz)",
     )
 
 
-def _describe(frame: pd.DataFrame) -> list[dict[str, str]]:
-    return [{"name": str(name), "dtype": frames.column_dtype(frame[name])} for name in frame]
+def _describe(data: pd.DataFrame | images.ImageSet) -> list[dict[str, Any]]:
+    if isinstance(data, images.ImageSet):
+        return data.columns()
+    return [{"name": str(name), "dtype": frames.column_dtype(data[name])} for name in data]
 
 
 def _store(
-    session: Session, *, name: str, fmt: str, content: bytes, frame: pd.DataFrame, origin: dict
+    session: Session,
+    *,
+    name: str,
+    fmt: str,
+    content: bytes,
+    frame: pd.DataFrame | images.ImageSet,
+    origin: dict,
 ) -> Dataset:
     dataset = Dataset(
         id=new_id("ds"),
         name=name,
         format=fmt,
-        rows=len(frame),
+        rows=len(frame.labels) if isinstance(frame, images.ImageSet) else len(frame),
         columns=_describe(frame),
         size_bytes=len(content),
         sha256=hashlib.sha256(content).hexdigest(),
@@ -84,7 +95,7 @@ def create_from_upload(
     """Parse and store an uploaded file; the bytes are kept exactly as sent."""
     fmt = detect_format(filename, content_type)
     try:
-        frame = frames.read_frame(content, fmt)
+        frame = _read(content, fmt)
     except DataError as exc:
         raise Invalid("invalid_upload", f"{filename or 'upload'}: {exc}") from exc
     return _store(
@@ -99,15 +110,13 @@ def create_from_upload(
 
 def create_builtin(session: Session, request: BuiltinDatasetCreate) -> Dataset:
     """Import a scikit-learn dataset (optionally shuffled, optionally a row range)."""
+    if request.as_images:
+        return _create_builtin_images(session, request)
     try:
         frame = frames.load_builtin(request.name, request.start, request.stop, request.shuffle_seed)
     except DataError as exc:
         raise Invalid(exc.code, str(exc)) from exc
-    label: str = request.name
-    if request.start is not None or request.stop is not None:
-        label += f"[{request.start or 0}:{'' if request.stop is None else request.stop}]"
-    if request.shuffle_seed is not None:
-        label += f" shuffled({request.shuffle_seed})"
+    label = _builtin_label(request)
     return _store(
         session,
         name=label,
@@ -116,6 +125,32 @@ def create_builtin(session: Session, request: BuiltinDatasetCreate) -> Dataset:
         frame=frame,
         origin={"type": "builtin", **request.model_dump()},
     )
+
+
+def _create_builtin_images(session: Session, request: BuiltinDatasetCreate) -> Dataset:
+    try:
+        image_set, classes = images.load_builtin_images(
+            request.name, request.start, request.stop, request.shuffle_seed
+        )
+    except DataError as exc:
+        raise Invalid(exc.code, str(exc)) from exc
+    return _store(
+        session,
+        name=_builtin_label(request) + " images",
+        fmt=DatasetFormat.NPZ,
+        content=images.to_npz_bytes(image_set, classes),
+        frame=image_set,
+        origin={"type": "builtin", **request.model_dump()},
+    )
+
+
+def _builtin_label(request: BuiltinDatasetCreate) -> str:
+    label: str = request.name
+    if request.start is not None or request.stop is not None:
+        label += f"[{request.start or 0}:{'' if request.stop is None else request.stop}]"
+    if request.shuffle_seed is not None:
+        label += f" shuffled({request.shuffle_seed})"
+    return label
 
 
 def get(session: Session, dataset_id: str) -> Dataset:
@@ -153,9 +188,23 @@ def delete(session: Session, dataset_id: str) -> None:
 
 def load_frame(session: Session, dataset_id: str) -> pd.DataFrame:
     """The dataset's rows as a DataFrame (parsed from the stored bytes)."""
+    data = load_data(session, dataset_id)
+    if isinstance(data, images.ImageSet):
+        raise Invalid("not_tabular", f"dataset {dataset_id!r} holds images, not a table")
+    return data
+
+
+def load_data(session: Session, dataset_id: str) -> pd.DataFrame | images.ImageSet:
+    """The dataset parsed from its stored bytes: a DataFrame, or an ImageSet for .npz images."""
     dataset = session.scalars(
         select(Dataset).where(Dataset.id == dataset_id).options(undefer(Dataset.content))
     ).one_or_none()
     if dataset is None:
         raise NotFound("dataset_not_found", f"no dataset with id {dataset_id!r}")
-    return frames.read_frame(dataset.content, dataset.format)
+    return _read(dataset.content, dataset.format)
+
+
+def _read(content: bytes, fmt: str) -> pd.DataFrame | images.ImageSet:
+    if fmt == DatasetFormat.NPZ:
+        return images.read_npz(content)
+    return frames.read_frame(content, fmt)

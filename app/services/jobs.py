@@ -15,6 +15,7 @@ from app.ids import new_id, utcnow
 from app.jobs.events import add_event
 from app.schemas.jobs import FineTuningCreate, SourceTrainingCreate
 from app.services import datasets as datasets_service
+from app.services import image_jobs
 from app.services import registry as registry_service
 from app.services.pagination import paginate
 
@@ -204,7 +205,9 @@ def submit_source_training(
     Returns the job and whether it was created (False for an idempotent replay).
     """
     dataset = datasets_service.get(session, request.dataset_id)
-    _check_source_request(dataset, request)
+    request = image_jobs.check_source_request(dataset, request)
+    if image_jobs.dataset_image_shape(dataset) is None:
+        _check_source_request(dataset, request)
     return _insert(
         session,
         kind=JobKind.SOURCE_TRAINING,
@@ -222,7 +225,10 @@ def submit_fine_tuning(
     ref = request.base_model
     base = registry_service.resolve(session, ref.name, version=ref.version, alias=ref.alias)
     dataset = datasets_service.get(session, request.dataset_id)
-    _check_fine_tuning_request(dataset, request, base)
+    if image_jobs.dataset_image_shape(dataset) or image_jobs.model_image_shape(base):
+        image_jobs.check_fine_tuning_request(dataset, request, base)
+    else:
+        _check_fine_tuning_request(dataset, request, base)
     if request.strategy == Strategy.JOINT:
         _check_joint_source(session, base)
     chooses = request.strategy == Strategy.AUTO or request.target_normalization == "auto"

@@ -46,11 +46,11 @@ def predict(
     predictor = cache.get_or_load(found.id, load)
     try:
         if request.instances is not None:
-            frame = predictor.frame_from_instances(request.instances)
+            data = predictor.inputs_from_instances(request.instances)
         else:
             assert request.records is not None
-            frame = predictor.frame_from_records(request.records)
-        output = predictor.predict(frame)
+            data = predictor.inputs_from_records(request.records)
+        output = predictor.predict(data)
     except DataError as exc:
         raise Invalid(exc.code, str(exc)) from exc
     return {"model": {"name": found.model_name, "version": found.version}, **output}

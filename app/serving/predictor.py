@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from app.ml import serialization, tabular, training
+from app.ml import images, inputs, serialization, tabular, training
 from app.ml.errors import DataError
 
 
@@ -19,7 +19,7 @@ class VersionSpec:
     name: str
     version: int
     task: str
-    inputs: list[dict[str, str]]
+    inputs: list[dict[str, Any]]
     target: str
     architecture: dict[str, Any]
     preprocessing: dict[str, Any]
@@ -30,10 +30,13 @@ class Predictor:
         self.spec = spec
         self.model = model
         self.input_names = [column["name"] for column in spec.inputs]
+        features = spec.preprocessing["features"]
+        # [C, H, W] for a model of images; None for a model of tabular features.
+        self.image_shape: list[int] | None = (
+            list(features["shape"]) if images.is_image_spec(features) else None
+        )
         self._numeric = {
-            column["name"]
-            for column in spec.preprocessing["features"]["columns"]
-            if column["kind"] == "numeric"
+            column["name"] for column in features.get("columns", []) if column["kind"] == "numeric"
         }
 
     @classmethod
@@ -43,6 +46,32 @@ class Predictor:
             architecture, architecture["input_dim"], architecture["output_dim"], weights
         )
         return cls(spec, model)
+
+    def inputs_from_instances(self, instances: list[list[Any]]) -> inputs.Data:
+        """Checked model inputs from `instances`: a frame, or images for an image model."""
+        if self.image_shape is None:
+            return self.frame_from_instances(instances)
+        return self._image_set(images.instances_to_images(instances, self.image_shape))
+
+    def inputs_from_records(self, records: list[dict[str, Any]]) -> inputs.Data:
+        """Checked model inputs from `records`: a frame, or images for an image model."""
+        if self.image_shape is None:
+            return self.frame_from_records(records)
+        allowed = {images.IMAGE_COLUMN, self.spec.target}
+        for index, record in enumerate(records):
+            unknown = sorted(set(record) - allowed)
+            if images.IMAGE_COLUMN not in record or unknown:
+                raise DataError(
+                    f"record {index}: expected one field {images.IMAGE_COLUMN!r} holding the "
+                    f"image, got {sorted(record)}",
+                    code="feature_mismatch",
+                )
+        pictures = [record[images.IMAGE_COLUMN] for record in records]
+        return self._image_set(images.instances_to_images(pictures, self.image_shape))
+
+    def _image_set(self, array: np.ndarray) -> images.ImageSet:
+        no_labels = pd.Series([None] * len(array), name=images.LABEL_COLUMN, dtype=object)
+        return images.ImageSet(images=array, labels=no_labels, stored_dtype="float32")
 
     def frame_from_instances(self, instances: list[list[Any]]) -> pd.DataFrame:
         width = len(self.input_names)
@@ -90,9 +119,9 @@ class Predictor:
                     )
         return frame
 
-    def predict(self, frame: pd.DataFrame) -> dict[str, Any]:
-        """Predictions for every row; classification adds classes and probabilities."""
-        x = tabular.transform_features(self.spec.preprocessing["features"], frame)
+    def predict(self, data: inputs.Data) -> dict[str, Any]:
+        """Predictions for every row or image; classification adds classes and probabilities."""
+        x = inputs.encode_features(self.spec.preprocessing["features"], data)
         output = training.predict_batch(self.model, x, self.spec.task)
         target_spec = self.spec.preprocessing["target"]
         if self.spec.task == "classification":

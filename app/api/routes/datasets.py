@@ -19,10 +19,12 @@ router = APIRouter(prefix="/datasets", tags=["datasets"])
 )
 def create_dataset(
     session: SessionDep,
-    file: Annotated[UploadFile, File(description="A CSV, Parquet or JSON Lines file.")],
+    file: Annotated[
+        UploadFile, File(description="A CSV, Parquet or JSON Lines file, or NumPy images (.npz).")
+    ],
     name: Annotated[str | None, Form(max_length=200)] = None,
 ) -> DatasetRead:
-    """Upload a CSV, Parquet or JSON Lines file; its schema is inferred and shown."""
+    """Upload a CSV, Parquet or JSON Lines table, or an .npz of images (X, y); shows its schema."""
     content = file.file.read()
     dataset = datasets_service.create_from_upload(
         session,

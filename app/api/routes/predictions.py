@@ -1,9 +1,11 @@
+import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
 from app.api.deps import ModelCacheDep, ReadSessionDep
 from app.errors import Invalid
+from app.observability import record_unbatched_prediction
 from app.schemas.common import MAX_INT32, problem_responses
 from app.schemas.predictions import PredictRequest, PredictResponse
 from app.services import predictions as predictions_service
@@ -18,6 +20,7 @@ router = APIRouter(prefix="/models", tags=["predictions"])
     responses=problem_responses(404, 422),
 )
 def predict(
+    request: Request,
     session: ReadSessionDep,
     cache: ModelCacheDep,
     name: str,
@@ -28,4 +31,7 @@ def predict(
     """Predict with a version, an alias, or by default `production`, else the latest."""
     if version is not None and alias is not None:
         raise Invalid("invalid_selector", "give either version or alias, not both")
-    return predictions_service.predict(session, cache, name, body, version=version, alias=alias)
+    started = time.perf_counter()
+    result = predictions_service.predict(session, cache, name, body, version=version, alias=alias)
+    record_unbatched_prediction(request, result, time.perf_counter() - started)
+    return result

@@ -1,0 +1,358 @@
+"""Prometheus metrics: one registry per app, a cheap ASGI middleware, scrape-time collectors.
+
+Series (all prefixed `graft_`):
+- http_requests_total{method, route, status} and http_request_duration_seconds{method, route}:
+  `route` is the matched route's template (`/v1/models/{name}/predict`), never the raw path,
+  so the label set stays bounded; requests that match no route count as `<unmatched>`.
+- predictions_total, prediction_rows_total, prediction_duration_seconds {model, version}.
+- batch_rows and batch_requests {model, version}: rows and requests per forward pass
+  (`record_batch`, for the batcher; the unbatched path records requests=1).
+- model_cache_{hits,misses,loads,evictions}_total, model_cache_entries, model_cache_bytes:
+  read from the app's model cache at scrape time.
+- jobs{status, kind}: jobs in the database per status, counted at scrape time.
+"""
+
+import logging
+import time
+from bisect import bisect_left
+from collections.abc import Iterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import generate_latest as _generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.datastructures import State
+from starlette.responses import Response
+from starlette.routing import Mount
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.db.models import Job
+from app.enums import JobKind, JobStatus
+
+log = logging.getLogger(__name__)
+
+UNMATCHED_ROUTE = "<unmatched>"
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Seconds: from sub-millisecond predictions to slow uploads.
+_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
+)  # fmt: skip
+_ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384, 65536)
+_REQUEST_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_CACHE_COUNTERS = ("hits", "misses", "loads", "evictions")
+# Distinct (route, prefix) pairs remembered; raw prefixes beyond it are worked out each time.
+_MAX_CACHED_TEMPLATES = 4096
+
+
+class Metrics:
+    """The app's metrics; `app.state.metrics` holds one, `record_batch` is for the batcher."""
+
+    def __init__(self, state: State) -> None:
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        self.requests = RequestSeries(_LATENCY_BUCKETS)
+        registry.register(self.requests)
+        self.predictions = Counter(
+            "graft_predictions",
+            "Prediction requests served, per model version.",
+            ["model", "version"],
+            registry=registry,
+        )
+        self.prediction_rows = Counter(
+            "graft_prediction_rows",
+            "Rows predicted, per model version.",
+            ["model", "version"],
+            registry=registry,
+        )
+        self.prediction_duration = Histogram(
+            "graft_prediction_duration_seconds",
+            "Time to resolve, load if needed, and predict one request, per model version.",
+            ["model", "version"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.batch_rows = Histogram(
+            "graft_batch_rows",
+            "Rows per forward pass, per model version.",
+            ["model", "version"],
+            buckets=_ROW_BUCKETS,
+            registry=registry,
+        )
+        self.batch_requests = Histogram(
+            "graft_batch_requests",
+            "Requests grouped into one forward pass, per model version.",
+            ["model", "version"],
+            buckets=_REQUEST_BUCKETS,
+            registry=registry,
+        )
+        registry.register(ModelCacheCollector(state))
+        registry.register(JobsCollector(state))
+        # `labels()` takes a lock and builds a tuple on every call; children are kept instead.
+        self._prediction_children: dict[tuple[str, int], tuple[Any, Any, Any]] = {}
+        self._batch_children: dict[tuple[str, int], tuple[Any, Any]] = {}
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.requests.observe(method, route, status, seconds)
+
+    def observe_prediction(self, model: str, version: int, rows: int, seconds: float) -> None:
+        """One prediction request of `rows` rows served by `model` version `version`."""
+        children = self._prediction_children.get((model, version))
+        if children is None:
+            labels = (model, str(version))
+            children = (
+                self.predictions.labels(*labels),
+                self.prediction_rows.labels(*labels),
+                self.prediction_duration.labels(*labels),
+            )
+            self._prediction_children[(model, version)] = children
+        count, total_rows, duration = children
+        count.inc()
+        total_rows.inc(rows)
+        duration.observe(seconds)
+
+    def observe_unbatched_prediction(
+        self, model: str, version: int, rows: int, seconds: float
+    ) -> None:
+        """A prediction request that had a forward pass to itself.
+
+        Once a batcher runs the forward passes (and calls `record_batch`), the request paths
+        should call `observe_prediction` alone.
+        """
+        self.observe_prediction(model, version, rows, seconds)
+        self.record_batch(model, version, rows=rows, requests=1)
+
+    def record_batch(self, model_name: str, version: int, rows: int, requests: int) -> None:
+        """One forward pass over `rows` rows gathered from `requests` requests."""
+        children = self._batch_children.get((model_name, version))
+        if children is None:
+            labels = (model_name, str(version))
+            children = (self.batch_rows.labels(*labels), self.batch_requests.labels(*labels))
+            self._batch_children[(model_name, version)] = children
+        children[0].observe(rows)
+        children[1].observe(requests)
+
+    def exposition(self) -> bytes:
+        return _generate_latest(self.registry)
+
+
+class RequestSeries(Collector):
+    """HTTP request counts and latency histograms, kept in plain dicts and lists.
+
+    The middleware calls `observe` for every request, so it does without prometheus_client's
+    per-value locks: it runs on the event loop's one thread, the only writer. A scrape (from
+    another thread) copies each dict in one step under the GIL and may see a request's count
+    a moment before its latency, never a torn value.
+    """
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self._bounds = buckets
+        self._counts: dict[tuple[str, str, int], int] = {}
+        # Per (method, route): one count per bucket, then +Inf, then the sum of seconds.
+        self._latency: dict[tuple[str, str], list[float]] = {}
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        key = (method, route, status)
+        self._counts[key] = self._counts.get(key, 0) + 1
+        row = self._latency.get((method, route))
+        if row is None:
+            row = self._latency[(method, route)] = [0.0] * (len(self._bounds) + 2)
+        row[bisect_left(self._bounds, seconds)] += 1
+        row[-1] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        counts = CounterMetricFamily(
+            "graft_http_requests",
+            "HTTP requests answered, by method, route template and status.",
+            labels=["method", "route", "status"],
+        )
+        for (method, route, status), count in list(self._counts.items()):
+            counts.add_metric([method, route, str(status)], count)
+        yield counts
+        latency = HistogramMetricFamily(
+            "graft_http_request_duration_seconds",
+            "Time from receiving a request to the end of its response, by route template.",
+            labels=["method", "route"],
+        )
+        bounds = [*(str(float(bound)) for bound in self._bounds), "+Inf"]
+        for (method, route), row in list(self._latency.items()):
+            values = list(row)
+            cumulative, buckets = 0.0, []
+            for bound, in_bucket in zip(bounds, values[:-1], strict=True):
+                cumulative += in_bucket
+                buckets.append((bound, cumulative))
+            latency.add_metric([method, route], buckets, sum_value=values[-1])
+        yield latency
+
+
+class ModelCacheCollector(Collector):
+    """The model cache's counters, read when Prometheus scrapes.
+
+    Works with a cache that offers `stats()` (a dict of the counters, entries and bytes) and
+    with one that only has the counters as attributes.
+    """
+
+    def __init__(self, state: State) -> None:
+        self._state = state
+
+    def collect(self) -> Iterator[Metric]:
+        cache = getattr(self._state, "model_cache", None)
+        if cache is None:  # before start-up
+            return
+        stats_method = getattr(cache, "stats", None)
+        stats: dict[str, Any] = dict(stats_method()) if callable(stats_method) else {}
+        for name in _CACHE_COUNTERS:
+            value = stats.get(name, getattr(cache, name, None))
+            if value is not None:
+                yield CounterMetricFamily(
+                    f"graft_model_cache_{name}", f"Model cache {name}.", value=float(value)
+                )
+        entries = stats.get("entries")
+        if entries is None and hasattr(cache, "__len__"):
+            entries = len(cache)
+        if entries is not None:
+            yield GaugeMetricFamily(
+                "graft_model_cache_entries", "Model versions loaded.", value=float(entries)
+            )
+        if stats.get("bytes") is not None:
+            yield GaugeMetricFamily(
+                "graft_model_cache_bytes",
+                "Memory held by the loaded model versions.",
+                value=float(stats["bytes"]),
+            )
+
+
+class JobsCollector(Collector):
+    """Jobs per status and kind, counted with one read-only query when Prometheus scrapes."""
+
+    def __init__(self, state: State) -> None:
+        self._state = state
+
+    def collect(self) -> Iterator[Metric]:
+        database = getattr(self._state, "database", None)
+        if database is None:
+            return
+        try:
+            with database.read_scope() as session:
+                rows = session.execute(
+                    select(Job.status, Job.kind, func.count()).group_by(Job.status, Job.kind)
+                ).all()
+        except SQLAlchemyError:
+            log.warning("metrics: could not count jobs", exc_info=True)
+            return
+        counts = {(status, kind): count for status, kind, count in rows}
+        family = GaugeMetricFamily(
+            "graft_jobs", "Jobs by status and kind.", labels=["status", "kind"]
+        )
+        # Every status and kind is present, at 0 when there are none, so rates and alerts
+        # never see a series disappear.
+        for status in JobStatus:
+            for kind in JobKind:
+                family.add_metric(
+                    [status.value, kind.value], counts.get((status.value, kind.value), 0)
+                )
+        yield family
+
+
+class RequestMetricsMiddleware:
+    """Counts and times every HTTP request by method, route template and status.
+
+    Pure ASGI (no BaseHTTPMiddleware): one wrapped `send` and a dict lookup per request.
+    """
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+        self._templates: dict[tuple[int, str], str] = {}
+        self._documented_paths: frozenset[str] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the client gets if the app raises before answering
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+            route = self._template(scope)
+            self.metrics.observe_request(method, route, status, time.perf_counter() - started)
+
+    def _template(self, scope: Scope) -> str:
+        """The matched route's full template, `<unmatched>` when no route matched.
+
+        The router leaves the matched route in scope["route"] once it has matched. FastAPI
+        keeps included routers nested, so that route's `path` may lack the prefixes of the
+        routers above it (`/models/{name}/predict` under `/v1`); the prefix is then the part
+        of the request path before the route's own segments, accepted only when the joined
+        template is one the app documents. Either way the label is a route's template,
+        never a raw path, so its values stay bounded.
+        """
+        route = scope.get("route")
+        template = getattr(route, "path", None)
+        if not isinstance(template, str) or not template:
+            return UNMATCHED_ROUTE
+        if isinstance(route, Mount):
+            return template + "/{path}"
+        prefix = scope["path"].rsplit("/", template.count("/"))[0]
+        if not prefix:
+            return template
+        key = (id(route), prefix)
+        found = self._templates.get(key)
+        if found is None:
+            joined = prefix + template
+            found = joined if joined in self._documented(scope) else template
+            if len(self._templates) < _MAX_CACHED_TEMPLATES:
+                self._templates[key] = found
+        return found
+
+    def _documented(self, scope: Scope) -> frozenset[str]:
+        if self._documented_paths is None:
+            app = scope.get("app")
+            openapi = getattr(app, "openapi", None)
+            try:
+                paths = openapi().get("paths", {}) if callable(openapi) else {}
+            except Exception:  # a broken schema must not break every request
+                log.warning("metrics: no OpenAPI paths to name routes by", exc_info=True)
+                paths = {}
+            self._documented_paths = frozenset(paths)
+        return self._documented_paths
+
+
+def record_unbatched_prediction(request: Request, result: dict[str, Any], seconds: float) -> None:
+    """Record a /v1 prediction (its response body `result`) that took `seconds`."""
+    metrics: Metrics | None = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        model = result["model"]
+        rows = len(result["predictions"])
+        metrics.observe_unbatched_prediction(model["name"], model["version"], rows, seconds)
+
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Text exposition."}},
+)
+def metrics(request: Request) -> Response:
+    """Request, prediction, batching, model cache and job series in Prometheus' text format."""
+    return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
