@@ -36,8 +36,7 @@ TARGET_ONLY = frozenset({"linear", "scratch", "structure"})
 AUTO_STRATEGIES = ("feature", "parameter", "lp_ft", "l2_sp", "joint", "scratch", "linear")
 LAYER_LR_STRATEGIES = frozenset({"parameter", "l2_sp"})
 SELECTION_RULE = (
-    "highest mean cross-validated score; ties go to the lower mean held-out loss "
-    "(cross-entropy, or squared error), then to the simpler candidate "
+    "highest mean cross-validated score; ties go to the simpler candidate "
     f"(order: {', '.join(SIMPLICITY)}; source normalisation before target)"
 )
 
@@ -385,13 +384,6 @@ def fold_indices(
 class Score:
     candidate: Candidate
     scores: list[float]
-    # Held-out loss per fold: with few rows many candidates share an accuracy, and the loss
-    # still tells a confident right answer from a hesitant one.
-    losses: list[float] = field(default_factory=list)
-
-    @property
-    def mean_loss(self) -> float:
-        return float(np.mean(self.losses)) if self.losses else math.inf
 
     @property
     def mean(self) -> float:
@@ -408,7 +400,6 @@ class Score:
             "target_normalization": self.candidate.normalization,
             "mean": self.mean,
             "std": self.std,
-            "mean_loss": self.mean_loss if self.losses else None,
             "folds": len(self.scores),
         }
 
@@ -433,7 +424,7 @@ def cross_validate(
     metric = score_name(data.task)
     fold_settings = replace(settings, early_stopping_patience=None)
     empty = np.zeros(0, dtype=np.int64)
-    scores, losses = [], []
+    scores = []
     for train_idx, test_idx in splits:
         if check is not None:
             check()
@@ -442,9 +433,7 @@ def cross_validate(
         result = training.evaluate(trained.model, x_test, data.y[test_idx], data.target_spec)
         value = result.get(metric)
         scores.append(float(value) if value is not None and math.isfinite(value) else 0.0)
-        loss = float(result["loss"])
-        losses.append(loss if math.isfinite(loss) else 1e9)
-    return Score(candidate, scores, losses)
+    return Score(candidate, scores)
 
 
 def auto_candidates(
@@ -467,14 +456,13 @@ def auto_candidates(
 
 
 def choose(scores: list[Score]) -> Score:
-    """The best mean score; ties go to the lower mean loss, then to the simpler candidate."""
+    """The best mean score; ties go to the simpler candidate."""
     if not scores:
         raise ValueError("no candidate was scored")
 
-    def key(score: Score) -> tuple[float, float, int, int]:
+    def key(score: Score) -> tuple[float, int, int]:
         return (
             -round(score.mean, 9),
-            round(score.mean_loss, 9),
             SIMPLICITY.index(score.candidate.strategy),
             NORMALIZATIONS.index(score.candidate.normalization),
         )

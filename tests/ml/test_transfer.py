@@ -348,20 +348,6 @@ class TestChoice:
             == "l2_sp"
         )
 
-    def test_equal_scores_go_to_the_lower_loss_before_simplicity(self):
-        confident = transfer.Score(transfer.Candidate("l2_sp", "source"), [1.0, 1.0], [0.1, 0.2])
-        hesitant = transfer.Score(transfer.Candidate("linear", "target"), [1.0, 1.0], [0.5, 0.6])
-        assert transfer.choose([hesitant, confident]) is confident
-        assert confident.as_dict()["mean_loss"] == pytest.approx(0.15)
-
-    def test_cross_validation_records_the_held_out_loss(self, source_model: nn.Module):
-        data = _data(source_model)
-        splits = transfer.fold_indices(data.y, "classification", 2, 1, seed=0)
-        score = transfer.cross_validate(
-            transfer.Candidate("linear", "target"), data, SETTINGS, splits
-        )
-        assert len(score.losses) == 2 and all(loss > 0 for loss in score.losses)
-
     def test_auto_candidates(self, source_model: nn.Module):
         data = _data(source_model)
         names = [
