@@ -32,6 +32,18 @@ class Strategy(StrEnum):
     PARAMETER = "parameter"
     FEATURE = "feature"
     STRUCTURE = "structure"
+    LP_FT = "lp_ft"
+    L2_SP = "l2_sp"
+    JOINT = "joint"
+    SCRATCH = "scratch"
+    LINEAR = "linear"
+    AUTO = "auto"
+
+
+class TargetNormalization(StrEnum):
+    SOURCE = "source"
+    TARGET = "target"
+    AUTO = "auto"
 
 
 class VersionKind(StrEnum):

@@ -15,8 +15,9 @@ from app.db.models import Job
 from app.db.session import Database
 from app.enums import EventType, JobKind, JobStatus, Task, VersionKind
 from app.ids import utcnow
+from app.jobs import fine_tuning
 from app.jobs.events import add_event
-from app.ml import architectures, inputs, serialization, strategies, tabular, training
+from app.ml import architectures, inputs, serialization, tabular, training
 from app.ml.errors import DataError
 from app.services import datasets as datasets_service
 from app.services import registry as registry_service
@@ -113,67 +114,53 @@ def _prepare_source(data: inputs.Data, request: dict[str, Any], seed: int) -> _P
     )
 
 
-def _prepare_fine_tuning(
-    db: Database, job: Job, data: inputs.Data, request: dict[str, Any], seed: int
-) -> _Prepared:
-    assert job.base_model_name is not None and job.base_model_version is not None
-    with db.read_scope() as session:
-        base = registry_service.get_version(
-            session, job.base_model_name, job.base_model_version, with_weights=True
-        )
-    target = request["target_column"]
-    labels = inputs.labels(data, target)
-    task = Task(base.task)
-    feature_spec = base.preprocessing["features"]
-    source_target = base.preprocessing["target"]
-    notes = [f"base model {base.model_name} version {base.version}; reusing its preprocessing"]
-    if task == Task.CLASSIFICATION:
-        observed = tabular.fit_target(labels, task)["classes"]
-        classes = tabular.merge_classes(source_target["classes"], observed)
-        target_spec = {**source_target, "classes": classes}
-        keep_head = classes == source_target["classes"]
-        if not keep_head:
-            new = classes[len(source_target["classes"]) :]
-            notes.append(f"output head replaced: the target brings new classes {new}")
-    else:
-        target_spec = source_target
-        keep_head = True
-    output_dim = len(target_spec["classes"]) if task == Task.CLASSIFICATION else 1
-    source_model = serialization.load_model(
-        base.architecture,
-        base.architecture["input_dim"],
-        base.architecture["output_dim"],
-        base.weights,
+def _train_source(
+    db: Database,
+    job_id: str,
+    data: inputs.Data,
+    request: dict[str, Any],
+    reporter: "_Reporter",
+) -> fine_tuning.Outcome:
+    hyper = request["hyperparameters"]
+    prepared = _prepare_source(data, request, hyper["seed"])
+    with db.session_scope() as session:
+        for note in prepared.notes:
+            add_event(session, job_id, EventType.LOG, note)
+        for warning in prepared.warnings:
+            add_event(session, job_id, EventType.WARNING, warning)
+    x, y = inputs.encode(data, prepared.feature_spec, prepared.target_spec, prepared.target)
+    labels = y if prepared.task == Task.CLASSIFICATION else None
+    train_idx, val_idx = training.split_indices(
+        len(y), hyper["validation_fraction"], hyper["seed"], labels
     )
-    architecture = {**base.architecture, "output_dim": output_dim}
-    strategy = request["strategy"]
-    model = strategies.prepare_model(
-        strategy,
-        source_model,
-        architecture,
-        feature_spec["input_dim"],
-        output_dim,
-        keep_head=keep_head,
-        seed=seed,
+    result = training.fit(
+        prepared.model,
+        x[train_idx],
+        y[train_idx],
+        x[val_idx],
+        y[val_idx],
+        target_spec=prepared.target_spec,
+        epochs=hyper["epochs"],
+        batch_size=hyper["batch_size"],
+        learning_rate=hyper["learning_rate"],
+        weight_decay=hyper["weight_decay"],
+        optimizer=hyper["optimizer"],
+        early_stopping_patience=hyper["early_stopping_patience"],
+        seed=hyper["seed"],
+        on_epoch=reporter,
+        on_batch=reporter.check_deadline,
     )
-    trainable = strategies.trainable_parameter_names(model)
-    notes.append(f"strategy {strategy}: training {len(trainable)} parameter tensors")
-    return _Prepared(
-        model=model,
-        target=target,
-        task=task,
-        feature_spec=feature_spec,
-        target_spec=target_spec,
-        architecture=architecture,
-        signature={**base.signature, "classes": target_spec.get("classes"), "target": target},
-        version_fields={
-            "kind": VersionKind.FINE_TUNED,
-            "strategy": strategy,
-            "parent_name": base.model_name,
-            "parent_version": base.version,
-        },
-        warnings=_class_warnings(labels) if task == Task.CLASSIFICATION else [],
-        notes=notes,
+    return fine_tuning.Outcome(
+        model=prepared.model,
+        result=result,
+        target=prepared.target,
+        task=prepared.task,
+        feature_spec=prepared.feature_spec,
+        target_spec=prepared.target_spec,
+        architecture=prepared.architecture,
+        signature=prepared.signature,
+        version_fields=prepared.version_fields,
+        rows={"train": len(train_idx), "validation": len(val_idx)},
     )
 
 
@@ -197,6 +184,7 @@ class _Reporter:
         self.started = started
         self.deadline = None if time_limit is None else started + time_limit
         self.training_started = time.monotonic()
+        self._last_activity = self.training_started
         self.epoch = 0
         self.epochs = epochs
 
@@ -214,7 +202,12 @@ class _Reporter:
         metrics = epoch.as_dict()
         # Epochs cost about the same, so the average so far predicts the rest; early
         # stopping can only make the estimate pessimistic.
-        per_epoch = (time.monotonic() - self.training_started) / epoch.epoch
+        now = time.monotonic()
+        if epoch.epoch == 1:
+            # A new fit begins (auto cross-validates before its final fit): time it alone.
+            self.training_started = self._last_activity
+        self._last_activity = now
+        per_epoch = (now - self.training_started) / epoch.epoch
         finish = utcnow() + timedelta(seconds=per_epoch * (epoch.epochs - epoch.epoch))
         with self.db.session_scope() as session:
             job = session.get(Job, self.job_id)
@@ -233,6 +226,24 @@ class _Reporter:
             raise WorkerStopping
         if epoch.epoch < epoch.epochs:
             self.check_deadline()
+
+    def check(self) -> None:
+        """Cancel, stop and time checks, for work between epochs (cross-validation)."""
+        self._last_activity = time.monotonic()
+        with self.db.session_scope() as session:
+            job = session.get(Job, self.job_id)
+            assert job is not None
+            job.heartbeat_at = utcnow()
+            cancel = job.cancel_requested
+        if cancel:
+            raise JobCancelled
+        if self.context.stop.is_set():
+            raise WorkerStopping
+        self.check_deadline()
+
+    def emit(self, kind: EventType, message: str, data: dict[str, Any] | None) -> None:
+        with self.db.session_scope() as session:
+            add_event(session, self.job_id, kind, message, data)
 
 
 def _finish(
@@ -289,41 +300,24 @@ def run_job(db: Database, job_id: str, context: WorkerContext) -> JobStatus:
     try:
         with db.read_scope() as session:
             data = datasets_service.load_data(session, job.dataset_id)
-        if job.kind == JobKind.SOURCE_TRAINING:
-            prepared = _prepare_source(data, request, hyper["seed"])
-        else:
-            prepared = _prepare_fine_tuning(db, job, data, request, hyper["seed"])
-        with db.session_scope() as session:
-            for note in prepared.notes:
-                add_event(session, job_id, EventType.LOG, note)
-            for warning in prepared.warnings:
-                add_event(session, job_id, EventType.WARNING, warning)
-        x, y = inputs.encode(data, prepared.feature_spec, prepared.target_spec, prepared.target)
-        labels = y if prepared.task == Task.CLASSIFICATION else None
         reporter = _Reporter(
             db, job_id, context, time_limit=time_limit, started=started, epochs=hyper["epochs"]
         )
         reporter.check_deadline()
-        train_idx, val_idx = training.split_indices(
-            len(y), hyper["validation_fraction"], hyper["seed"], labels
-        )
-        result = training.fit(
-            prepared.model,
-            x[train_idx],
-            y[train_idx],
-            x[val_idx],
-            y[val_idx],
-            target_spec=prepared.target_spec,
-            epochs=hyper["epochs"],
-            batch_size=hyper["batch_size"],
-            learning_rate=hyper["learning_rate"],
-            weight_decay=hyper["weight_decay"],
-            optimizer=hyper["optimizer"],
-            early_stopping_patience=hyper["early_stopping_patience"],
-            seed=hyper["seed"],
-            on_epoch=reporter,
-            on_batch=reporter.check_deadline,
-        )
+        if job.kind == JobKind.SOURCE_TRAINING:
+            outcome = _train_source(db, job_id, data, request, reporter)
+        else:
+            outcome = fine_tuning.run(
+                db,
+                job,
+                data,
+                inputs.labels(data, request["target_column"]),
+                request,
+                on_epoch=reporter,
+                on_batch=reporter.check_deadline,
+                check=reporter.check,
+                emit=reporter.emit,
+            )
     except JobCancelled:
         _finish(db, job_id, context, JobStatus.CANCELLED, "job cancelled; no version was created")
         return JobStatus.CANCELLED
@@ -366,16 +360,18 @@ def run_job(db: Database, job_id: str, context: WorkerContext) -> JobStatus:
         )
         return JobStatus.FAILED
 
-    weights = serialization.weights_to_bytes(prepared.model)
+    result = outcome.result
+    weights = serialization.weights_to_bytes(outcome.model)
     metrics = {
         **result.metrics,
         "epochs_run": result.epochs_run,
         "best_epoch": result.best_epoch,
         "stopped_early": result.stopped_early,
-        "rows": {"train": len(train_idx), "validation": len(val_idx)},
+        "rows": outcome.rows,
+        **outcome.extra_metrics,
     }
     try:
-        return _record_result(db, job, context, prepared, hyper, weights, metrics)
+        return _record_result(db, job, context, outcome, hyper, weights, metrics)
     except Exception as exc:
         # Without this the job would stay `running` until its heartbeat went stale.
         log.exception("job %s: recording its result failed", job_id)
@@ -396,7 +392,7 @@ def _record_result(
     db: Database,
     job: Job,
     context: WorkerContext,
-    prepared: _Prepared,
+    outcome: fine_tuning.Outcome,
     hyper: dict[str, Any],
     weights: bytes,
     metrics: dict[str, Any],
@@ -428,15 +424,15 @@ def _record_result(
             weights=weights,
             job_id=job_id,
             dataset_id=job.dataset_id,
-            task=prepared.task,
-            signature=prepared.signature,
-            architecture=prepared.architecture,
+            task=outcome.task,
+            signature=outcome.signature,
+            architecture=outcome.architecture,
             hyperparameters=hyper,
-            preprocessing={"features": prepared.feature_spec, "target": prepared.target_spec},
+            preprocessing={"features": outcome.feature_spec, "target": outcome.target_spec},
             metrics=metrics,
             size_bytes=len(weights),
             sha256=serialization.sha256_hex(weights),
-            **prepared.version_fields,
+            **outcome.version_fields,
         )
         job_row.status = JobStatus.SUCCEEDED
         job_row.finished_at = utcnow()

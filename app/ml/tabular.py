@@ -86,6 +86,38 @@ def transform_features(spec: dict[str, Any], frame: pd.DataFrame) -> np.ndarray:
     return out
 
 
+def refit_scaling(spec: dict[str, Any], frame: pd.DataFrame) -> dict[str, Any]:
+    """The same encoding with every numeric column's mean and std refitted on `frame`.
+
+    Categories and the input layout stay as they are, so a model trained on the original
+    spec reads the result unchanged; only where its numeric inputs are centred moves.
+    """
+    columns = []
+    for column in spec["columns"]:
+        if column["kind"] == "numeric":
+            values = _finite_numbers(_column(frame, column["name"]), column["name"])
+            std = float(values.std()) if len(values) else 0.0
+            if not np.isfinite(std) or std == 0.0:
+                std = 1.0
+            mean = float(values.mean()) if len(values) else column["mean"]
+            column = {**column, "mean": mean, "std": std}
+        columns.append(column)
+    return {**spec, "columns": columns}
+
+
+def scaled_columns(spec: dict[str, Any]) -> list[tuple[str, int]]:
+    """(name, position in the encoded matrix) of every standardised numeric input."""
+    found = []
+    offset = 0
+    for column in spec["columns"]:
+        if column["kind"] == "numeric":
+            found.append((column["name"], offset))
+            offset += 1
+        else:
+            offset += len(column["categories"])
+    return found
+
+
 def fit_target(series: pd.Series, task: str) -> dict[str, Any]:
     """Learn the class list (classification) or the mean and std (regression) of a target."""
     name = series.name

@@ -107,6 +107,9 @@ def fit(
     seed: int,
     on_epoch: Callable[[EpochMetrics], None] | None = None,
     on_batch: Callable[[], None] | None = None,
+    lr_scales: dict[str, float] | None = None,
+    penalty: Callable[[], torch.Tensor] | None = None,
+    sample_weight: np.ndarray | None = None,
 ) -> TrainResult:
     """Train `model` in place and return its history and final train/validation metrics.
 
@@ -115,6 +118,11 @@ def fit(
     validation loss are restored at the end. Exceptions from `on_epoch` propagate unchanged, and
     so do those of `on_batch`, called after every optimiser step (a cheap check, e.g. a
     deadline, that must not wait for the end of a long epoch).
+
+    `x` may have any trailing shape the model accepts (rows x features, rows x C x H x W...).
+    `lr_scales` multiplies the learning rate per parameter name (layer-wise rates),
+    `penalty` is added to every batch loss (e.g. L2-SP), and `sample_weight` weights the
+    training rows' losses (e.g. target rows above source rows).
     """
     # Setup.
     task = target_spec["task"]
@@ -130,10 +138,15 @@ def fit(
     xt, yt = _tensors(x_train, y_train, task)
     xv, yv = _tensors(x_val, y_val, task)
     has_val = len(xv) > 0
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
-    opt = _optimizer(optimizer, params, learning_rate, weight_decay)
+    opt = _optimizer(optimizer, _param_groups(params, lr_scales), learning_rate, weight_decay)
+    weights = None
+    if sample_weight is not None:
+        if len(sample_weight) != n:
+            raise ValueError(f"{len(sample_weight)} sample weights for {n} rows")
+        weights = torch.as_tensor(np.asarray(sample_weight, dtype=np.float32))
     patience = early_stopping_patience or 0
     score_name = "val_accuracy" if task == "classification" else "val_r2"
 
@@ -147,10 +160,16 @@ def fit(
         total = 0.0
         for batch in torch.randperm(n, generator=generator).split(batch_size):
             opt.zero_grad(set_to_none=True)
-            loss = _loss(_forward(model, xt[batch], task), yt[batch], task)
+            out = _forward(model, xt[batch], task)
+            if weights is None:
+                loss = _loss(out, yt[batch], task)
+            else:
+                loss = _weighted_loss(out, yt[batch], weights[batch], task)
+            total += loss.item() * len(batch)
+            if penalty is not None:
+                loss = loss + penalty()
             loss.backward()
             opt.step()
-            total += loss.item() * len(batch)
             if on_batch is not None:
                 on_batch()
         train_loss = total / n
@@ -235,6 +254,27 @@ def _loss(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
     return F.mse_loss(out, y)
 
 
+def _weighted_loss(
+    out: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, task: str
+) -> torch.Tensor:
+    if task == "classification":
+        per_row = F.cross_entropy(out, y, reduction="none")
+    else:
+        per_row = F.mse_loss(out, y, reduction="none")
+    return (per_row * weight).sum() / weight.sum().clamp_min(1e-12)
+
+
+def _param_groups(
+    params: list[tuple[str, nn.Parameter]], lr_scales: dict[str, float] | None
+) -> list[dict[str, Any]]:
+    """One optimiser group per distinct learning-rate multiplier."""
+    groups: dict[float, list[nn.Parameter]] = {}
+    for name, param in params:
+        scale = 1.0 if lr_scales is None else lr_scales.get(name, 1.0)
+        groups.setdefault(scale, []).append(param)
+    return [{"params": ps, "lr_scale": scale} for scale, ps in groups.items()]
+
+
 def _validate(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str
 ) -> tuple[float, float | None]:
@@ -258,12 +298,17 @@ def _train_mode(model: nn.Module) -> None:
 
 
 def _optimizer(
-    name: str, params: list[nn.Parameter], learning_rate: float, weight_decay: float
+    name: str, groups: list[dict[str, Any]], learning_rate: float, weight_decay: float
 ) -> torch.optim.Optimizer:
+    for group in groups:
+        group["lr"] = learning_rate * group.pop("lr_scale")
+    opt: torch.optim.Optimizer
     if name == "adam":
-        return torch.optim.Adam(params, lr=learning_rate, weight_decay=weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=learning_rate, momentum=0.9, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {name!r}; expected one of {list(OPTIMIZERS)}")
+        opt = torch.optim.Adam(groups, lr=learning_rate, weight_decay=weight_decay)
+    elif name == "adamw":
+        opt = torch.optim.AdamW(groups, lr=learning_rate, weight_decay=weight_decay)
+    elif name == "sgd":
+        opt = torch.optim.SGD(groups, lr=learning_rate, momentum=0.9, weight_decay=weight_decay)
+    else:
+        raise ValueError(f"unknown optimizer {name!r}; expected one of {list(OPTIMIZERS)}")
+    return opt

@@ -3,7 +3,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, model_validator
 
-from app.enums import EventType, JobKind, JobStatus, Strategy, Task
+from app.enums import EventType, JobKind, JobStatus, Strategy, TargetNormalization, Task
 from app.schemas.common import MAX_INT32, RequestSchema, Schema
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
@@ -97,6 +97,48 @@ def _timeout_field() -> Any:
     )
 
 
+class FineTuningHyperparameters(Hyperparameters):
+    """The training budget plus the knobs of the transfer strategies (issue 5)."""
+
+    lp_epochs_fraction: float = Field(
+        0.5, gt=0.0, le=1.0, description="lp_ft: share of the epochs spent on the linear probe."
+    )
+    ft_lr_factor: float = Field(
+        0.1, gt=0.0, le=1.0, description="lp_ft: fine-tuning learning rate = learning_rate * this."
+    )
+    l2_sp_alpha: float = Field(
+        0.01, ge=0.0, le=100.0, description="l2_sp: weight of ||w - w_source||² (transferred)."
+    )
+    l2_sp_beta: float = Field(
+        0.0, ge=0.0, le=100.0, description="l2_sp: weight of ||w||² on new (head) weights."
+    )
+    layer_lr_decay: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="parameter, l2_sp: the k-th layer below the head learns at lr * decay^k.",
+    )
+    joint_target_weight: float | None = Field(
+        None,
+        gt=0.0,
+        le=10_000.0,
+        description="joint: loss weight of a target row (a source row weighs 1); "
+        "default: source rows / target rows, so both sets weigh the same.",
+    )
+    linear_regularisation: float = Field(
+        1.0, gt=0.0, le=1e6, description="linear: ridge alpha, or 1/C of the logistic regression."
+    )
+    cv_folds: int = Field(
+        4, ge=2, le=10, description="Folds of the cross-validation behind auto and the report."
+    )
+    cv_repeats: int | None = Field(
+        None,
+        ge=1,
+        le=10,
+        description="Repeats of the k-fold; default 3 below 60 rows, 2 below 200, else 1.",
+    )
+
+
 class SourceTrainingCreate(RequestSchema):
     dataset_id: str
     target_column: str
@@ -144,8 +186,16 @@ class FineTuningCreate(RequestSchema):
     dataset_id: str
     target_column: str
     model_name: str = Field(pattern=MODEL_NAME_PATTERN)
-    strategy: Strategy
-    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    strategy: Strategy = Field(
+        description="auto scores every other strategy by cross-validation on the target rows "
+        "and trains the best."
+    )
+    target_normalization: TargetNormalization = Field(
+        TargetNormalization.SOURCE,
+        description="Standardise the target's inputs with the source's statistics, refit them "
+        "on the target, or let cross-validation choose (auto).",
+    )
+    hyperparameters: FineTuningHyperparameters = Field(default_factory=FineTuningHyperparameters)
     timeout_seconds: int | None = _timeout_field()
 
     model_config = {

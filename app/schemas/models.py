@@ -41,6 +41,11 @@ class ModelVersionRead(Schema):
     hyperparameters: dict[str, Any]
     preprocessing: dict[str, Any]
     metrics: dict[str, Any]
+    transfer_report: dict[str, Any] | None = Field(
+        None,
+        description="Fine-tuned versions: cross-validated score beside a target-only baseline "
+        "(transfer_gain), negative_transfer, and the source/target domain shift.",
+    )
     size_bytes: int
     sha256: str
     memory_bytes: int = Field(

@@ -9,7 +9,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db.models import Dataset, Job, JobEvent, ModelVersion
-from app.enums import EventType, JobKind, JobStatus, Task
+from app.enums import EventType, JobKind, JobStatus, Strategy, Task
 from app.errors import Conflict, Invalid, NotFound
 from app.ids import new_id, utcnow
 from app.jobs.events import add_event
@@ -20,6 +20,8 @@ from app.services import registry as registry_service
 from app.services.pagination import paginate
 
 _NUMERIC_DTYPES = {"int64", "float64", "bool"}
+# Cross-validation (strategy auto, target_normalization auto) needs two folds of two rows.
+MIN_CV_ROWS = 4
 _FEATURE_DTYPES = _NUMERIC_DTYPES | {"string", "category"}
 
 
@@ -109,6 +111,27 @@ def _check_fine_tuning_request(
             "target_mismatch",
             f"the base model does regression but target column {request.target_column!r} "
             f"holds {columns[request.target_column]} values; expected numbers",
+        )
+
+
+def _check_joint_source(session: Session, base: ModelVersion) -> None:
+    """`joint` trains on the base's own training rows: they must still be there and usable."""
+    source = session.get(Dataset, base.dataset_id)
+    if source is None:
+        raise Conflict(
+            "source_dataset_unavailable",
+            f"strategy joint trains on the rows {base.model_name} version {base.version} was "
+            f"trained on, dataset {base.dataset_id}, which no longer exists; choose another "
+            "strategy",
+        )
+    columns = _columns(source)
+    needed = [column["name"] for column in base.signature["inputs"]] + [base.signature["target"]]
+    missing = [name for name in needed if name not in columns]
+    if missing:
+        raise Invalid(
+            "source_dataset_mismatch",
+            f"strategy joint needs columns {needed} in the source dataset {source.id}; "
+            f"it lacks {missing}",
         )
 
 
@@ -206,6 +229,15 @@ def submit_fine_tuning(
         image_jobs.check_fine_tuning_request(dataset, request, base)
     else:
         _check_fine_tuning_request(dataset, request, base)
+    if request.strategy == Strategy.JOINT:
+        _check_joint_source(session, base)
+    chooses = request.strategy == Strategy.AUTO or request.target_normalization == "auto"
+    if chooses and dataset.rows < MIN_CV_ROWS:
+        raise Invalid(
+            "dataset_too_small",
+            f"strategy auto and target_normalization auto choose by cross-validation, which "
+            f"needs at least {MIN_CV_ROWS} target rows; dataset {dataset.id} has {dataset.rows}",
+        )
     return _insert(
         session,
         kind=JobKind.FINE_TUNING,

@@ -30,7 +30,15 @@ def prepare(strategy: str, source: nn.Module, *, keep_head: bool = False) -> nn.
 
 
 def test_strategies_are_registered_by_name() -> None:
-    assert set(STRATEGIES) == {"parameter", "feature", "structure"}
+    assert set(STRATEGIES) == {
+        "parameter",
+        "feature",
+        "structure",
+        "lp_ft",
+        "l2_sp",
+        "joint",
+        "scratch",
+    }
     with pytest.raises(ValueError, match="unknown strategy"):
         prepare("lora", nn.Linear(4, 2))
 

@@ -47,6 +47,7 @@ def version_to_read(session: Session, version: ModelVersion) -> ModelVersionRead
             "hyperparameters": version.hyperparameters,
             "preprocessing": version.preprocessing,
             "metrics": version.metrics,
+            "transfer_report": (version.metrics or {}).get("transfer_report"),
             "size_bytes": version.size_bytes,
             "sha256": version.sha256,
             "memory_bytes": version.memory_bytes,

@@ -1,0 +1,423 @@
+"""Issue 5 through the API: the new strategies, auto, the transfer report, validation."""
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+
+from app.db.session import Database
+from app.ml import training
+from tests.helpers import FAST, assert_problem, builtin, csv_bytes, run_pending_jobs, upload
+
+# Two folds, one repeat: the cross-validation of every job stays a handful of tiny fits.
+QUICK_CV = {**FAST, "cv_folds": 2, "cv_repeats": 1}
+
+
+def blobs_frame(rows: int, seed: int, *, shift: float = 0.0, flip: bool = False) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    x1 = rng.normal(0.0, 1.5, size=rows) + shift
+    x2 = rng.normal(0.0, 1.0, size=rows)
+    above = (x1 - shift) > 0
+    if flip:
+        above = ~above
+    return pd.DataFrame({"x1": x1, "x2": x2, "label": np.where(above, "a", "b")})
+
+
+def source_and_target(
+    client: TestClient, database: Database, *, shift: float = 0.0, flip: bool = False
+) -> tuple[str, str]:
+    """A source model on 150 rows, and a target dataset of 40 rows; returns both dataset ids."""
+    source = upload(client, "source.csv", csv_bytes(blobs_frame(150, 0))).json()["id"]
+    target_frame = blobs_frame(40, 1, shift=shift, flip=flip)
+    target = upload(client, "target.csv", csv_bytes(target_frame)).json()["id"]
+    response = client.post(
+        "/v1/jobs/source-training",
+        json={
+            "dataset_id": source,
+            "target_column": "label",
+            "model_name": "src",
+            "architecture": {"hidden_layers": [10, 10]},
+            "hyperparameters": FAST,
+        },
+    )
+    assert response.status_code == 202, response.text
+    run_pending_jobs(database)
+    return source, target
+
+
+def fine_tune(client: TestClient, target: str, name: str, strategy: str, **extra: Any) -> str:
+    body = {
+        "base_model": {"name": "src", "version": 1},
+        "dataset_id": target,
+        "target_column": "label",
+        "model_name": name,
+        "strategy": strategy,
+        "hyperparameters": QUICK_CV,
+        **extra,
+    }
+    response = client.post("/v1/jobs/fine-tuning", json=body)
+    assert response.status_code == 202, response.text
+    job_id: str = response.json()["id"]
+    return job_id
+
+
+def events(client: TestClient, job_id: str) -> list[dict[str, Any]]:
+    body = client.get(f"/v1/jobs/{job_id}/events?limit=200").json()
+    found: list[dict[str, Any]] = body["data"]
+    return found
+
+
+class TestStrategies:
+    def test_each_new_strategy_trains_serves_and_reports(
+        self, client: TestClient, database: Database
+    ) -> None:
+        _, target = source_and_target(client, database, shift=1.0)
+        jobs = {s: fine_tune(client, target, f"t-{s}", s) for s in ("lp_ft", "l2_sp", "joint")}
+        jobs["scratch"] = fine_tune(client, target, "t-scratch", "scratch")
+        run_pending_jobs(database)
+        for strategy, job_id in jobs.items():
+            job = client.get(f"/v1/jobs/{job_id}").json()
+            assert job["status"] == "succeeded", job
+            version = client.get(f"/v1/models/t-{strategy}/versions/1").json()
+            assert version["strategy"] == strategy
+            report = version["transfer_report"]
+            assert report == job["metrics"]["transfer_report"]
+            assert report["metric"] == "accuracy"
+            assert report["cv"] == {"folds": 2, "repeats": 1}
+            assert report["baseline"]["candidate"] == "scratch/target"
+            assert report["transfer_gain"] == pytest.approx(
+                report["score"]["mean"] - report["baseline"]["mean"]
+            )
+            assert report["uses_source"] is (strategy != "scratch")
+            shift = report["domain_shift"]
+            assert set(shift["standardised_mean_difference"]) == {"x1", "x2"}
+            # x1 moved by one unit (source std 1.5): about 0.7 source standard deviations.
+            assert 0.3 < shift["standardised_mean_difference"]["x1"] < 1.2
+            assert 0.5 < shift["classifier_auc"] <= 1.0
+            cv_events = [
+                e
+                for e in events(client, job_id)
+                if (e["data"] or {}).get("phase") == "cross_validation"
+            ]
+            # The named strategy under the requested (default: source) scaling, and the baseline.
+            expected = {f"{strategy}/source", "scratch/target"}
+            assert {e["data"]["candidate"] for e in cv_events} == expected
+            prediction = client.post(
+                f"/v1/models/t-{strategy}/predict", json={"instances": [[2.0, 0.0], [-2.0, 0.0]]}
+            )
+            assert prediction.status_code == 200, prediction.text
+        joint_logs = [e["message"] for e in events(client, jobs["joint"])]
+        assert any("joint: 150 source rows and 32 target rows" in m for m in joint_logs)
+
+    def test_target_normalization_refits_and_is_served(
+        self, client: TestClient, database: Database
+    ) -> None:
+        _, target = source_and_target(client, database, shift=3.0)
+        fine_tune(client, target, "refit", "parameter", target_normalization="target")
+        fine_tune(client, target, "kept", "parameter", target_normalization="source")
+        run_pending_jobs(database)
+        frame = blobs_frame(40, 1, shift=3.0)
+        refit = client.get("/v1/models/refit/versions/1").json()
+        kept = client.get("/v1/models/kept/versions/1").json()
+        x1 = refit["preprocessing"]["features"]["columns"][0]
+        assert x1["mean"] == pytest.approx(frame["x1"].mean())
+        assert x1["std"] == pytest.approx(frame["x1"].std(ddof=0))
+        assert kept["preprocessing"]["features"]["columns"][0]["mean"] != pytest.approx(x1["mean"])
+        assert refit["transfer_report"]["target_normalization"] == "target"
+        assert kept["transfer_report"]["target_normalization"] == "source"
+
+    def test_normalization_auto_chooses_by_cross_validation(
+        self, client: TestClient, database: Database
+    ) -> None:
+        _, target = source_and_target(client, database, shift=3.0)
+        job_id = fine_tune(client, target, "either", "feature", target_normalization="auto")
+        run_pending_jobs(database)
+        version = client.get("/v1/models/either/versions/1").json()
+        selection = version["metrics"]["selection"]
+        names = [c["candidate"] for c in selection["candidates"]]
+        assert names == ["feature/source", "feature/target"]
+        best = max(selection["candidates"], key=lambda c: (c["mean"], c["candidate"] == names[0]))
+        assert selection["choice"] == best["candidate"]
+        assert version["transfer_report"]["target_normalization"] == best["target_normalization"]
+        assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "succeeded"
+
+
+class TestAuto:
+    def test_scores_every_candidate_picks_the_best_and_retrains_on_all_rows(
+        self, client: TestClient, database: Database
+    ) -> None:
+        _, target = source_and_target(client, database, shift=1.0)
+        job_id = fine_tune(client, target, "auto", "auto", target_normalization="auto")
+        run_pending_jobs(database)
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        assert job["status"] == "succeeded", job
+        version = client.get("/v1/models/auto/versions/1").json()
+        selection = version["metrics"]["selection"]
+        names = {c["candidate"] for c in selection["candidates"]}
+        assert names == {
+            "feature/source",
+            "feature/target",
+            "parameter/source",
+            "parameter/target",
+            "lp_ft/source",
+            "lp_ft/target",
+            "l2_sp/source",
+            "l2_sp/target",
+            "joint/source",
+            "joint/target",
+            "scratch/target",
+            "linear/target",
+        }
+        for candidate in selection["candidates"]:
+            assert 0.0 <= candidate["mean"] <= 1.0 and candidate["std"] >= 0.0
+            assert candidate["folds"] == 2
+        best_mean = max(c["mean"] for c in selection["candidates"])
+        chosen = next(c for c in selection["candidates"] if c["candidate"] == selection["choice"])
+        assert chosen["mean"] == best_mean
+        assert "highest mean" in selection["rule"]
+        assert version["strategy"] == chosen["strategy"]
+        # Every candidate's score appeared as an event as it was computed.
+        cv = [
+            e
+            for e in events(client, job_id)
+            if (e["data"] or {}).get("phase") == "cross_validation"
+        ]
+        assert {e["data"]["candidate"] for e in cv} == names
+        assert version["metrics"]["rows"] == {"train": 40, "validation": 0}
+        prediction = client.post("/v1/models/auto/predict", json={"instances": [[2.0, 0.0]]})
+        assert prediction.status_code == 200, prediction.text
+
+    def test_target_only_pick_when_the_source_misleads(
+        self, client: TestClient, database: Database
+    ) -> None:
+        # The target's labels contradict the source, so warm starts mislead; auto must say so.
+        _, target = source_and_target(client, database, flip=True)
+        job_id = fine_tune(
+            client,
+            target,
+            "flip-auto",
+            "auto",
+            target_normalization="target",
+            hyperparameters={**QUICK_CV, "l2_sp_alpha": 100.0},
+        )
+        run_pending_jobs(database)
+        version = client.get("/v1/models/flip-auto/versions/1").json()
+        selection = version["metrics"]["selection"]
+        scores = {c["candidate"]: c["mean"] for c in selection["candidates"]}
+        assert scores["l2_sp/target"] < scores["scratch/target"]
+        assert version["transfer_report"]["uses_source"] is False
+        logs = [e["message"] for e in events(client, job_id)]
+        assert any("no transfer candidate beat the target-only" in m for m in logs)
+        prediction = client.post(
+            "/v1/models/flip-auto/predict", json={"instances": [[3.0, 0.0], [-3.0, 0.0]]}
+        ).json()
+        assert prediction["predictions"] == ["b", "a"]
+
+    def test_linear_model_is_served_as_a_torch_module(
+        self, client: TestClient, database: Database
+    ) -> None:
+        from sklearn.linear_model import LogisticRegression
+
+        _, target = source_and_target(client, database, flip=True)
+        fine_tune(client, target, "lin", "linear", target_normalization="target")
+        run_pending_jobs(database)
+        version = client.get("/v1/models/lin/versions/1").json()
+        assert version["strategy"] == "linear"
+        assert version["architecture"]["hidden_layers"] == []
+        assert version["metrics"]["epochs_run"] == 0
+        # The served probabilities are scikit-learn's on the target-standardised inputs.
+        frame = blobs_frame(40, 1, flip=True)
+        x = frame[["x1", "x2"]].to_numpy()
+        train_idx, _ = training.split_indices(40, 0.2, 0, (frame["label"] == "b").to_numpy())
+        scaled = (x - x.mean(axis=0)) / x.std(axis=0)
+        labels = (frame["label"] == "b").to_numpy().astype(int)
+        expected = LogisticRegression(max_iter=1000).fit(scaled[train_idx], labels[train_idx])
+        served = client.post("/v1/models/lin/predict", json={"instances": x[:5].tolist()}).json()
+        assert np.allclose(served["probabilities"], expected.predict_proba(scaled[:5]), atol=1e-4)
+
+
+class TestNegativeTransfer:
+    def test_warning_when_transfer_loses_to_the_target_only_baseline(
+        self, client: TestClient, database: Database
+    ) -> None:
+        _, target = source_and_target(client, database, flip=True)
+        # A strong pull towards the source weights keeps the source's (now wrong) boundary.
+        job_id = fine_tune(
+            client,
+            target,
+            "pinned",
+            "l2_sp",
+            hyperparameters={**QUICK_CV, "l2_sp_alpha": 100.0},
+        )
+        run_pending_jobs(database)
+        report = client.get("/v1/models/pinned/versions/1").json()["transfer_report"]
+        assert report["negative_transfer"] is True and report["transfer_gain"] < -0.3
+        warnings = [e for e in events(client, job_id) if e["type"] == "warning"]
+        assert any("negative transfer" in w["message"] for w in warnings)
+        assert warnings[-1]["data"]["transfer_gain"] == report["transfer_gain"]
+
+    def test_no_warning_when_transfer_helps(self, client: TestClient, database: Database) -> None:
+        _, target = source_and_target(client, database)
+        job_id = fine_tune(client, target, "fine", "feature")
+        run_pending_jobs(database)
+        report = client.get("/v1/models/fine/versions/1").json()["transfer_report"]
+        assert report["negative_transfer"] is False
+        assert not any("negative transfer" in e["message"] for e in events(client, job_id))
+
+
+class TestRegression:
+    def test_r2_mae_rmse_in_original_units(self, client: TestClient, database: Database) -> None:
+        from sklearn.datasets import load_diabetes
+
+        frame = load_diabetes(as_frame=True).frame
+        young, old = frame[frame["age"] < 0], frame[frame["age"] >= 0].iloc[:80]
+        source = upload(client, "young.csv", csv_bytes(young)).json()["id"]
+        target = upload(client, "old.csv", csv_bytes(old.reset_index(drop=True))).json()["id"]
+        response = client.post(
+            "/v1/jobs/source-training",
+            json={
+                "dataset_id": source,
+                "target_column": "target",
+                "model_name": "src",
+                "architecture": {"hidden_layers": [16]},
+                "hyperparameters": FAST,
+            },
+        )
+        assert response.status_code == 202
+        run_pending_jobs(database)
+        response = client.post(
+            "/v1/jobs/fine-tuning",
+            json={
+                "base_model": {"name": "src"},
+                "dataset_id": target,
+                "target_column": "target",
+                "model_name": "old",
+                "strategy": "lp_ft",
+                "hyperparameters": QUICK_CV,
+            },
+        )
+        assert response.status_code == 202, response.text
+        run_pending_jobs(database)
+        version = client.get("/v1/models/old/versions/1").json()
+        validation = version["metrics"]["validation"]
+        assert version["transfer_report"]["metric"] == "r2"
+        assert version["transfer_report"]["domain_shift"]["standardised_mean_difference"]["age"] > 1
+        # Recompute the validation metrics from served predictions on the same rows.
+        _, val_idx = training.split_indices(80, QUICK_CV.get("validation_fraction", 0.2), 0, None)
+        rows = old.reset_index(drop=True).iloc[val_idx]
+        served = client.post(
+            "/v1/models/old/predict",
+            json={"instances": rows.drop(columns="target").to_numpy().tolist()},
+        ).json()["predictions"]
+        error = np.asarray(served) - rows["target"].to_numpy()
+        assert validation["mae"] == pytest.approx(np.abs(error).mean(), rel=1e-4)
+        assert validation["rmse"] == pytest.approx(np.sqrt((error**2).mean()), rel=1e-4)
+        total = ((rows["target"] - rows["target"].mean()) ** 2).sum()
+        assert validation["r2"] == pytest.approx(1 - (error**2).sum() / total, rel=1e-4, abs=1e-4)
+
+
+class TestValidation:
+    @pytest.mark.parametrize(
+        ("field", "value", "named"),
+        [
+            ("strategy", "transfer-everything", "lp_ft"),
+            ("target_normalization", "both", "target"),
+        ],
+    )
+    def test_unknown_choice_names_the_choices(
+        self, client: TestClient, field: str, value: str, named: str
+    ) -> None:
+        target = builtin(client, "iris", start=100, stop=150)
+        body = {
+            "base_model": {"name": "nobody"},
+            "dataset_id": target["id"],
+            "target_column": "target",
+            "model_name": "m",
+            "strategy": "auto",
+            field: value,
+        }
+        problem = assert_problem(
+            client.post("/v1/jobs/fine-tuning", json=body), 422, "validation_error"
+        )
+        assert named in str(problem["errors"])
+
+    @pytest.mark.parametrize(
+        "hyper",
+        [
+            {"layer_lr_decay": 1.5},
+            {"layer_lr_decay": 0},
+            {"lp_epochs_fraction": 0},
+            {"ft_lr_factor": 2},
+            {"l2_sp_alpha": -1},
+            {"joint_target_weight": 0},
+            {"cv_folds": 1},
+            {"cv_repeats": 0},
+        ],
+    )
+    def test_hyperparameters_out_of_range(self, client: TestClient, hyper: dict) -> None:
+        target = builtin(client, "iris", start=100, stop=150)
+        body = {
+            "base_model": {"name": "nobody"},
+            "dataset_id": target["id"],
+            "target_column": "target",
+            "model_name": "m",
+            "strategy": "l2_sp",
+            "hyperparameters": hyper,
+        }
+        problem = assert_problem(
+            client.post("/v1/jobs/fine-tuning", json=body), 422, "validation_error"
+        )
+        assert next(iter(hyper)) in str(problem["errors"])
+
+    def test_joint_needs_the_source_dataset(self, client: TestClient, database: Database) -> None:
+        source, target = source_and_target(client, database)
+        assert client.delete(f"/v1/datasets/{source}").status_code == 204
+        body = {
+            "base_model": {"name": "src", "version": 1},
+            "dataset_id": target,
+            "target_column": "label",
+            "model_name": "j",
+            "strategy": "joint",
+        }
+        problem = assert_problem(
+            client.post("/v1/jobs/fine-tuning", json=body), 409, "source_dataset_unavailable"
+        )
+        assert source in problem["detail"]
+        # Other strategies still work, and auto simply leaves joint out.
+        job_id = fine_tune(client, target, "a", "auto")
+        run_pending_jobs(database)
+        selection = client.get("/v1/models/a/versions/1").json()["metrics"]["selection"]
+        assert not any(c["strategy"] == "joint" for c in selection["candidates"])
+        report = client.get("/v1/models/a/versions/1").json()["transfer_report"]
+        assert report["domain_shift"]["classifier_auc"] is None
+        assert any("joint left out" in e["message"] for e in events(client, job_id))
+
+    @pytest.mark.parametrize(
+        "choice", [{"strategy": "auto"}, {"strategy": "feature", "target_normalization": "auto"}]
+    )
+    def test_choosing_needs_enough_rows_for_cross_validation(
+        self, client: TestClient, database: Database, choice: dict
+    ) -> None:
+        source_and_target(client, database)
+        tiny = upload(client, "tiny.csv", csv_bytes(blobs_frame(3, 5))).json()["id"]
+        body = {
+            "base_model": {"name": "src"},
+            "dataset_id": tiny,
+            "target_column": "label",
+            "model_name": "tiny",
+            **choice,
+        }
+        problem = assert_problem(
+            client.post("/v1/jobs/fine-tuning", json=body), 422, "dataset_too_small"
+        )
+        assert "at least 4" in problem["detail"]
+        # A named strategy on the same rows is accepted; its report says why it has no CV.
+        job_id = fine_tune(client, tiny, "tiny", "feature")
+        run_pending_jobs(database)
+        assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "succeeded"
+        version = client.get("/v1/models/tiny/versions/1").json()
+        assert version["transfer_report"]["score"] is None
+        assert version["transfer_report"]["transfer_gain"] is None
+        assert any("no transfer report" in e["message"] for e in events(client, job_id))
