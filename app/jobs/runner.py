@@ -164,6 +164,12 @@ def _train_source(
     )
 
 
+# Epoch events are written in batches, at most this often (and at the last epoch): an epoch
+# of a small model takes milliseconds, and a write transaction per epoch made concurrent
+# workers queue on SQLite's single write lock. Live watchers poll about as often anyway.
+FLUSH_SECONDS = 0.2
+
+
 class _Reporter:
     """The per-epoch callback: one metrics event, progress, and the cancel/stop/time checks."""
 
@@ -187,6 +193,9 @@ class _Reporter:
         self._last_activity = self.training_started
         self.epoch = 0
         self.epochs = epochs
+        self._pending: list[dict[str, Any]] = []
+        self._progress: dict[str, Any] | None = None
+        self._flushed_at = 0.0
 
     def check_deadline(self) -> None:
         """Cheap enough to call after every batch, so a long epoch cannot overrun the limit."""
@@ -199,37 +208,62 @@ class _Reporter:
 
     def __call__(self, epoch: training.EpochMetrics) -> None:
         self.epoch, self.epochs = epoch.epoch, epoch.epochs
-        metrics = epoch.as_dict()
-        # Epochs cost about the same, so the average so far predicts the rest; early
-        # stopping can only make the estimate pessimistic.
         now = time.monotonic()
         if epoch.epoch == 1:
             # A new fit begins (auto cross-validates before its final fit): time it alone.
             self.training_started = self._last_activity
         self._last_activity = now
+        # Epochs cost about the same, so the average so far predicts the rest; early
+        # stopping can only make the estimate pessimistic.
         per_epoch = (now - self.training_started) / epoch.epoch
         finish = utcnow() + timedelta(seconds=per_epoch * (epoch.epochs - epoch.epoch))
-        with self.db.session_scope() as session:
-            job = session.get(Job, self.job_id)
-            assert job is not None
-            job.progress = {
-                "epoch": epoch.epoch,
-                "epochs": epoch.epochs,
-                "estimated_finish_at": finish.isoformat(),
-            }
-            job.heartbeat_at = utcnow()
-            add_event(session, self.job_id, EventType.METRICS, f"epoch {epoch.epoch}", metrics)
-            cancel = job.cancel_requested
-        if cancel:
-            raise JobCancelled
-        if self.context.stop.is_set():
+        self._progress = {
+            "epoch": epoch.epoch,
+            "epochs": epoch.epochs,
+            "estimated_finish_at": finish.isoformat(),
+        }
+        self._pending.append(epoch.as_dict())
+        stopping = self.context.stop.is_set()
+        if stopping or epoch.epoch == epoch.epochs or now - self._flushed_at >= FLUSH_SECONDS:
+            self.flush()
+        if stopping:
             raise WorkerStopping
         if epoch.epoch < epoch.epochs:
             self.check_deadline()
 
+    def flush(self) -> None:
+        """Write the pending epoch events and the progress; JobCancelled if cancel was asked."""
+        pending, self._pending = self._pending, []
+        with self.db.session_scope() as session:
+            job = session.get(Job, self.job_id)
+            assert job is not None
+            if self._progress is not None:
+                job.progress = self._progress
+            job.heartbeat_at = utcnow()
+            for metrics in pending:
+                add_event(
+                    session, self.job_id, EventType.METRICS, f"epoch {metrics['epoch']}", metrics
+                )
+            cancel = job.cancel_requested
+        self._flushed_at = time.monotonic()
+        if cancel:
+            raise JobCancelled
+
+    def flush_quietly(self) -> None:
+        """Flush before the job's final status event, whatever ended it."""
+        if not self._pending:
+            return
+        try:
+            self.flush()
+        except JobCancelled:
+            pass
+        except Exception:
+            log.exception("job %s: writing its last epoch events failed", self.job_id)
+
     def check(self) -> None:
         """Cancel, stop and time checks, for work between epochs (cross-validation)."""
         self._last_activity = time.monotonic()
+        self.flush_quietly()
         with self.db.session_scope() as session:
             job = session.get(Job, self.job_id)
             assert job is not None
@@ -242,6 +276,7 @@ class _Reporter:
         self.check_deadline()
 
     def emit(self, kind: EventType, message: str, data: dict[str, Any] | None) -> None:
+        self.flush_quietly()
         with self.db.session_scope() as session:
             add_event(session, self.job_id, kind, message, data)
 
@@ -297,12 +332,12 @@ def run_job(db: Database, job_id: str, context: WorkerContext) -> JobStatus:
         request = dict(job.request)
     hyper = request["hyperparameters"]
     time_limit = request.get("timeout_seconds") or context.job_timeout_seconds
+    reporter = _Reporter(
+        db, job_id, context, time_limit=time_limit, started=started, epochs=hyper["epochs"]
+    )
     try:
         with db.read_scope() as session:
             data = datasets_service.load_data(session, job.dataset_id)
-        reporter = _Reporter(
-            db, job_id, context, time_limit=time_limit, started=started, epochs=hyper["epochs"]
-        )
         reporter.check_deadline()
         if job.kind == JobKind.SOURCE_TRAINING:
             outcome = _train_source(db, job_id, data, request, reporter)
@@ -318,13 +353,16 @@ def run_job(db: Database, job_id: str, context: WorkerContext) -> JobStatus:
                 check=reporter.check,
                 emit=reporter.emit,
             )
+        reporter.flush()
     except JobCancelled:
         _finish(db, job_id, context, JobStatus.CANCELLED, "job cancelled; no version was created")
         return JobStatus.CANCELLED
     except WorkerStopping:
+        reporter.flush_quietly()
         _requeue(db, job_id, context.worker_id)
         return JobStatus.QUEUED
     except JobTimedOut as exc:
+        reporter.flush_quietly()
         _finish(
             db,
             job_id,
@@ -336,6 +374,7 @@ def run_job(db: Database, job_id: str, context: WorkerContext) -> JobStatus:
         )
         return JobStatus.FAILED
     except DataError as exc:
+        reporter.flush_quietly()
         _finish(
             db,
             job_id,
@@ -348,6 +387,7 @@ def run_job(db: Database, job_id: str, context: WorkerContext) -> JobStatus:
         return JobStatus.FAILED
     except Exception as exc:
         log.exception("job %s failed", job_id)
+        reporter.flush_quietly()
         message = f"{type(exc).__name__}: {exc}"
         _finish(
             db,
