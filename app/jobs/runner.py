@@ -361,28 +361,11 @@ def run_job(db: Database, job_id: str, context: WorkerContext) -> JobStatus:
         reporter.flush_quietly()
         _requeue(db, job_id, context.worker_id)
         return JobStatus.QUEUED
-    except JobTimedOut as exc:
+    except (JobTimedOut, DataError) as exc:
         reporter.flush_quietly()
+        code = exc.code if isinstance(exc, DataError) else "timeout"
         _finish(
-            db,
-            job_id,
-            context,
-            JobStatus.FAILED,
-            str(exc),
-            error_code="timeout",
-            error_message=str(exc),
-        )
-        return JobStatus.FAILED
-    except DataError as exc:
-        reporter.flush_quietly()
-        _finish(
-            db,
-            job_id,
-            context,
-            JobStatus.FAILED,
-            str(exc),
-            error_code=exc.code,
-            error_message=str(exc),
+            db, job_id, context, JobStatus.FAILED, str(exc), error_code=code, error_message=str(exc)
         )
         return JobStatus.FAILED
     except Exception as exc:
