@@ -130,7 +130,7 @@ def create_fine_tuning_job(
     body: FineTuningCreate,
     idempotency_key: IdempotencyKey = None,
 ) -> JobRead:
-    """Queue a fine-tuning job with the `parameter`, `feature` or `structure` strategy."""
+    """Queue a fine-tuning job: a base version, a target dataset, a strategy (or auto)."""
     job, created = jobs_service.submit_fine_tuning(session, body, idempotency_key)
     return _accepted(request, session, response, job, created)
 
