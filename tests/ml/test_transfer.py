@@ -319,7 +319,8 @@ class TestCrossValidation:
             transfer.fold_indices(np.array([0, 1, 0]), "classification", 2, 1, seed=0)
 
     def test_fold_plan_repeats_small_data(self):
-        assert transfer.fold_plan(30, 5, None) == (5, 3)
+        assert transfer.fold_plan(30, 5, None) == (5, 5)
+        assert transfer.fold_plan(50, 5, None) == (5, 3)
         assert transfer.fold_plan(500, 5, None) == (5, 1)
         assert transfer.fold_plan(6, 5, 2) == (3, 2)
 
