@@ -135,7 +135,9 @@ class FineTuningHyperparameters(Hyperparameters):
         None,
         ge=1,
         le=10,
-        description="Repeats of the k-fold; default 3 below 60 rows, 2 below 200, else 1.",
+        description=(
+            "Repeats of the k-fold; default 5 below 40 rows, 3 below 60, 2 below 200, else 1."
+        ),
     )
 
 

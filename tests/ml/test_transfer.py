@@ -319,7 +319,8 @@ class TestCrossValidation:
             transfer.fold_indices(np.array([0, 1, 0]), "classification", 2, 1, seed=0)
 
     def test_fold_plan_repeats_small_data(self):
-        assert transfer.fold_plan(30, 5, None) == (5, 3)
+        assert transfer.fold_plan(30, 5, None) == (5, 5)
+        assert transfer.fold_plan(50, 5, None) == (5, 3)
         assert transfer.fold_plan(500, 5, None) == (5, 1)
         assert transfer.fold_plan(6, 5, 2) == (3, 2)
 
@@ -347,6 +348,22 @@ class TestChoice:
             ).candidate.strategy
             == "l2_sp"
         )
+
+    def test_ties_go_to_l2_sp_before_the_simpler(self):
+        def score(strategy: str, norm: str, values: list[float]) -> transfer.Score:
+            return transfer.Score(transfer.Candidate(strategy, norm), values)
+
+        saturated = [
+            score("linear", "target", [1.0, 1.0]),
+            score("parameter", "source", [1.0, 1.0]),
+            score("l2_sp", "target", [1.0, 1.0]),
+            score("l2_sp", "source", [1.0, 1.0]),
+        ]
+        assert transfer.choose(saturated).candidate.name == "l2_sp/source"
+        # The preference only breaks ties: a better mean still wins.
+        better = [score("l2_sp", "source", [1.0, 0.9]), score("linear", "target", [1.0, 1.0])]
+        assert transfer.choose(better).candidate.strategy == "linear"
+        assert "ties go to l2_sp" in transfer.SELECTION_RULE
 
     def test_auto_candidates(self, source_model: nn.Module):
         data = _data(source_model)
