@@ -186,14 +186,6 @@ def delete(session: Session, dataset_id: str) -> None:
     session.flush()
 
 
-def load_frame(session: Session, dataset_id: str) -> pd.DataFrame:
-    """The dataset's rows as a DataFrame (parsed from the stored bytes)."""
-    data = load_data(session, dataset_id)
-    if isinstance(data, images.ImageSet):
-        raise Invalid("not_tabular", f"dataset {dataset_id!r} holds images, not a table")
-    return data
-
-
 def load_data(session: Session, dataset_id: str) -> pd.DataFrame | images.ImageSet:
     """The dataset parsed from its stored bytes: a DataFrame, or an ImageSet for .npz images."""
     dataset = session.scalars(
