@@ -100,6 +100,36 @@ def all_events(client: TestClient, job_id: str) -> list[dict[str, Any]]:
             return events
 
 
+class TestEventBatching:
+    def test_every_epoch_is_written_in_order_before_the_final_status(
+        self, client: TestClient, database: Database
+    ) -> None:
+        # Hundreds of millisecond epochs: most events wait in the reporter between flushes.
+        job_id = submit(client, builtin(client, "iris")["id"], epochs=300)
+        run_pending_jobs(database)
+        events = all_events(client, job_id)
+        epochs = [e["data"]["epoch"] for e in events if e["type"] == "metrics"]
+        assert epochs == list(range(1, 301))
+        assert events[-1]["type"] == "status" and events[-1]["data"]["status"] == "succeeded"
+        assert [e["seq"] for e in events] == sorted(e["seq"] for e in events)
+        assert client.get(f"/v1/jobs/{job_id}").json()["progress"]["epoch"] == 300
+
+    def test_a_failure_mid_training_keeps_the_epochs_before_it(
+        self, client: TestClient, database: Database
+    ) -> None:
+        dataset = builtin(client, "diabetes")["id"]
+        job_id = submit(client, dataset, optimizer="sgd", learning_rate=0.5, epochs=50)
+        run_pending_jobs(database)
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        assert job["error"]["code"] == "diverged"
+        events = all_events(client, job_id)
+        failed_at = int(re.search(r"epoch (\d+)", job["error"]["message"]).group(1))
+        assert failed_at > 1  # the setup must train a few epochs before diverging
+        epochs = [e["data"]["epoch"] for e in events if e["type"] == "metrics"]
+        assert epochs == list(range(1, failed_at))
+        assert events[-1]["data"]["code"] == "diverged"
+
+
 class TestFailures:
     def test_bad_values_fail_the_job_with_a_clear_code(
         self, client: TestClient, database: Database
