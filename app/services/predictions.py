@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from sqlalchemy import text
 
 from app.db.models import ModelVersion
@@ -223,6 +224,21 @@ class PredictionService:
                 )
         except DataError as exc:
             raise Invalid(exc.code, str(exc)) from exc
+        raw = await self._batcher(resolved.id, predictor).submit(encoded)
+        return predictor.outputs(raw)
+
+    async def predict_matrix(
+        self, resolved: ResolvedVersion, values: np.ndarray
+    ) -> Prediction | None:
+        """Predictions for a (rows, width) array of numeric inputs in signature order.
+
+        None when the version needs the rows themselves to check them (see
+        Predictor.features_from_matrix): the caller then calls predict with the instances.
+        """
+        predictor = await self.predictor(resolved)
+        encoded = predictor.features_from_matrix(values)
+        if encoded is None:
+            return None
         raw = await self._batcher(resolved.id, predictor).submit(encoded)
         return predictor.outputs(raw)
 

@@ -170,6 +170,20 @@ class Predictor:
             return None
         if booleans_possible and bool in set(map(type, chain.from_iterable(rows))):
             return None
+        return self._standardised(values)
+
+    def features_from_matrix(self, values: np.ndarray) -> np.ndarray | None:
+        """The encoded float32 matrix for a (rows, width) array of raw numeric inputs.
+
+        None when this version needs a closer look at the values (inputs that are not all
+        numeric, an image model, another width, a value that overflows once standardised):
+        the caller then goes through features_from_instances, whose errors name the place.
+        """
+        if not self._numeric_only or values.ndim != 2 or values.shape[1] != self.width:
+            return None
+        return self._standardised(values)
+
+    def _standardised(self, values: np.ndarray) -> np.ndarray | None:
         with np.errstate(over="ignore"):  # an overflow shows as inf, caught just below
             encoded = ((values - self._mean) / self._std).astype(np.float32)
         if not np.isfinite(encoded).all():

@@ -1,6 +1,9 @@
+import numpy as np
+import orjson
 import pytest
 from fastapi.testclient import TestClient
 
+from app.serving.dense import dense_instances
 from tests.helpers import STRATEGIES, assert_problem
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]
@@ -225,6 +228,127 @@ class TestHotPathErrors:
         body = b'{"instances": [[5.1, 3.5, 1.4, 0.2]]}'
         problem = assert_problem(self.raw(trained_client, body, query), 422, "validation_error")
         assert problem["errors"][0]["loc"] == ["query", "version"]
+
+
+class TestBulkBodies:
+    """Bodies of thousands of numeric rows are parsed to a matrix in one step (app/serving/
+    dense.py): the answers are those of small requests and the problems those of the checked
+    path, which gets every body or version the bulk parse cannot vouch for."""
+
+    ROWS = np.round(np.random.default_rng(7).normal(size=(2_000, 4)) * 2 + 4, 3).tolist()
+
+    @pytest.fixture
+    def matrices(self, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+        from app.api.routes import predictions as routes
+
+        taken: list[bool] = []
+
+        def spy(body: bytes) -> object:
+            matrix = dense_instances(body)
+            taken.append(matrix is not None)
+            return matrix
+
+        monkeypatch.setattr(routes, "dense_instances", spy)
+        return taken
+
+    def test_same_answers_as_small_requests(
+        self, trained_client: TestClient, matrices: list[bool]
+    ) -> None:
+        bulk = trained_client.post("/v1/models/iris-source/predict", json={"instances": self.ROWS})
+        assert bulk.status_code == 200, bulk.text
+        assert matrices == [True]
+        pieces = [
+            trained_client.post(
+                "/v1/models/iris-source/predict", json={"instances": self.ROWS[i : i + 50]}
+            ).json()
+            for i in range(0, len(self.ROWS), 50)
+        ]
+        assert matrices[1:] == [False] * len(pieces)
+        body = bulk.json()
+        assert body["predictions"] == [p for piece in pieces for p in piece["predictions"]]
+        np.testing.assert_allclose(
+            body["probabilities"],
+            [row for piece in pieces for row in piece["probabilities"]],
+            rtol=1e-6,
+            atol=1e-7,
+        )
+
+    def test_regression(self, trained_client: TestClient, matrices: list[bool]) -> None:
+        width = len(
+            trained_client.get("/v1/models/diabetes/versions/1").json()["signature"]["inputs"]
+        )
+        rows = np.random.default_rng(8).normal(scale=0.05, size=(500, width)).round(5).tolist()
+        bulk = trained_client.post("/v1/models/diabetes/predict", json={"instances": rows})
+        one = trained_client.post("/v1/models/diabetes/predict", json={"instances": rows[-1:]})
+        assert matrices == [True, False]
+        assert bulk.json()["predictions"][-1] == pytest.approx(one.json()["predictions"][0])
+
+    @pytest.mark.parametrize(
+        "value, fragment",
+        [
+            (b"NaN", "expected a finite number, got nan"),
+            (b"1e400", "expected a finite number, got inf"),
+            (b"1e300", "out of the range this model can take"),
+            (b"true", "expected a number, got True"),
+            (b'"3.5"', "expected a number, got '3.5'"),
+            (b"null", "expected a number, got None"),
+            (b"[3.5]", "expected a number, got [3.5]"),
+        ],
+    )
+    def test_bad_values_name_instance_and_feature(
+        self, trained_client: TestClient, value: bytes, fragment: str
+    ) -> None:
+        good = orjson.dumps(self.ROWS[:500])[1:-1]
+        body = b'{"instances": [' + good + b", [5.1, " + value + b", 1.4, 0.2]]}"
+        problem = assert_problem(
+            trained_client.post(
+                "/v1/models/iris-source/predict",
+                content=body,
+                headers={"content-type": "application/json"},
+            ),
+            422,
+            "invalid_data",
+        )
+        assert "instance 500, feature 'sepal width (cm)'" in problem["detail"]
+        assert fragment in problem["detail"]
+
+    @pytest.mark.parametrize(
+        "last, code, fragment",
+        [
+            ([1.0, 2.0], "feature_mismatch", "got 2 in instance 500"),
+            (5.0, "feature_mismatch", "instance 500: expected a list of 4 values"),
+        ],
+    )
+    def test_wrong_shapes(
+        self, trained_client: TestClient, last: object, code: str, fragment: str
+    ) -> None:
+        body = {"instances": [*self.ROWS[:500], last]}
+        response = trained_client.post("/v1/models/iris-source/predict", json=body)
+        assert fragment in assert_problem(response, 422, code)["detail"]
+
+    def test_every_row_of_another_width(
+        self, trained_client: TestClient, matrices: list[bool]
+    ) -> None:
+        body = {"instances": [row[:3] for row in self.ROWS]}
+        response = trained_client.post("/v1/models/iris-source/predict", json=body)
+        problem = assert_problem(response, 422, "feature_mismatch")
+        assert (
+            "expected 4 features" in problem["detail"]
+            and "got 3 in instance 0" in problem["detail"]
+        )
+        assert matrices == [True]  # parsed in bulk, then checked row by row
+
+    def test_unknown_model_and_bad_body_keep_their_order(self, trained_client: TestClient) -> None:
+        body = {"instances": self.ROWS}
+        missing = trained_client.post("/v1/models/nope/predict", json=body)
+        assert_problem(missing, 404, "model_not_found")
+        extra = trained_client.post(
+            "/v1/models/nope/predict", json={"instances": self.ROWS, "extra": 1}
+        )
+        assert assert_problem(extra, 422, "validation_error")["errors"][0]["loc"] == [
+            "body",
+            "extra",
+        ]
 
 
 class TestServingMetadata:

@@ -66,6 +66,22 @@ class TestEncoding:
         records = [dict(zip(NAMES, row, strict=True)) for row in rows]
         np.testing.assert_array_equal(predictor.features_from_records(records), expected)
 
+    def test_a_matrix_encodes_like_its_rows(self) -> None:
+        predictor = _predictor(NUMERIC)
+        rows = np.random.default_rng(1).normal(size=(20, 3)) * 10
+        encoded = predictor.features_from_matrix(rows)
+        assert encoded is not None and encoded.dtype == np.float32
+        np.testing.assert_array_equal(encoded, predictor.features_from_instances(rows.tolist()))
+
+    def test_a_matrix_it_cannot_vouch_for_is_handed_back(self) -> None:
+        predictor = _predictor(NUMERIC)
+        assert predictor.features_from_matrix(np.ones((2, 4))) is None  # another width
+        assert predictor.features_from_matrix(np.ones(3)) is None
+        # Overflows float32 once standardised: the checked path names the value.
+        assert predictor.features_from_matrix(np.array([[1.0, 2.0, 1e300]])) is None
+        # Categories arrive as numbers only by mistake; the checked path decides.
+        assert _predictor(MIXED).features_from_matrix(np.ones((2, 3))) is None
+
     def test_categorical_inputs_take_the_checked_path(self) -> None:
         predictor = _predictor(MIXED)
         encoded = predictor.features_from_instances([[1.0, 2.0, "z"], [1.0, 2.0, "new"]])

@@ -14,6 +14,7 @@ from app.observability import Metrics
 from app.schemas.common import MAX_INT32, problem_responses
 from app.schemas.predictions import PredictRequest, PredictResponse, parse_predict_body
 from app.services.predictions import Prediction, PredictionService, ResolvedVersion
+from app.serving.dense import dense_instances
 
 router = APIRouter(prefix="/models", tags=["predictions"])
 
@@ -69,20 +70,29 @@ async def handle_predict(request: Request, name: str) -> Response:
     version, alias = _selector(request.scope["query_string"])
     _require_json(request.headers.get("content-type"))
     raw = await request.body()
-    body = parse_predict_body(raw)
+    # A large all-numbers body goes to a matrix without Python objects (see dense_instances).
+    matrix = dense_instances(raw)
+    body = parse_predict_body(raw) if matrix is None else None
     service: PredictionService = request.app.state.predictions
     resolved = await service.resolve(name, version=version, alias=alias)
     # For request metrics by model version (see PredictFastLane).
     request.scope.setdefault("state", {})["model_version"] = resolved
-    result = await service.predict(
-        resolved,
-        instances=body.instances,
-        records=body.records,
-        booleans_possible=b"true" in raw or b"false" in raw,
-    )
+    result = None
+    if matrix is not None:
+        result = await service.predict_matrix(resolved, matrix)
+        rows = len(matrix)
+    if result is None:
+        if body is None:  # the version wants to check the rows one by one
+            body = parse_predict_body(raw)
+        result = await service.predict(
+            resolved,
+            instances=body.instances,
+            records=body.records,
+            booleans_possible=b"true" in raw or b"false" in raw,
+        )
+        rows = len(body.instances if body.instances is not None else body.records or [])
     metrics: Metrics | None = getattr(request.app.state, "metrics", None)
     if metrics is not None:
-        rows = len(body.instances if body.instances is not None else body.records or [])
         metrics.observe_prediction(
             resolved.name, resolved.version, rows, time.perf_counter() - started
         )
