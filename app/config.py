@@ -82,6 +82,12 @@ class Settings(BaseSettings):
         "larger ones on a worker thread (0: always a thread).",
     )
 
+    pin_malloc_thresholds: bool = Field(
+        True,
+        description="On Linux with glibc, fix malloc's mmap and trim thresholds in the API "
+        "process so that large predictions reuse memory instead of faulting in new pages.",
+    )
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -23,6 +23,7 @@ from app.observability import router as metrics_router
 from app.services.job_streams import JobEventHub
 from app.services.predictions import BatchingOptions, PredictionService
 from app.serving.cache import ModelCache
+from app.serving.memory import pin_malloc_thresholds
 from app.serving.predictor import Predictor
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.worker_pool = LocalWorkerPool(settings)
             app.state.worker_pool.start()
             app.state.dispatcher = app.state.worker_pool
+        # After the local workers start: training keeps glibc's defaults.
+        if settings.pin_malloc_thresholds:
+            pin_malloc_thresholds()
         _freeze_startup_objects()
         try:
             yield
