@@ -9,6 +9,17 @@ from tests.helpers import STRATEGIES, assert_problem
 SETOSA = [5.1, 3.5, 1.4, 0.2]
 VIRGINICA = [6.7, 3.0, 5.2, 2.3]
 NAMES = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
+# A value in place of the sepal width, and what the 422 says about it.
+BAD_VALUES = [
+    (b"NaN", "expected a finite number, got nan"),
+    (b"Infinity", "expected a finite number, got inf"),
+    (b"1e400", "expected a finite number, got inf"),
+    (b"1e300", "out of the range this model can take"),
+    (b"true", "expected a number, got True"),
+    (b'"3.5"', "expected a number, got '3.5'"),
+    (b"null", "expected a number, got None"),
+    (b"[3.5]", "expected a number, got [3.5]"),
+]
 
 
 class TestPredict:
@@ -146,18 +157,7 @@ class TestHotPathErrors:
             headers={"content-type": "application/json", **headers},
         )
 
-    @pytest.mark.parametrize(
-        "value, fragment",
-        [
-            (b"NaN", "expected a finite number, got nan"),
-            (b"Infinity", "expected a finite number, got inf"),
-            (b"1e400", "expected a finite number, got inf"),
-            (b"true", "expected a number, got True"),
-            (b'"3.5"', "expected a number, got '3.5'"),
-            (b"null", "expected a number, got None"),
-            (b"[3.5]", "expected a number, got [3.5]"),
-        ],
-    )
+    @pytest.mark.parametrize("value, fragment", BAD_VALUES)
     def test_bad_values_name_instance_and_feature(
         self, trained_client: TestClient, value: bytes, fragment: str
     ) -> None:
@@ -283,18 +283,7 @@ class TestBulkBodies:
         assert matrices == [True, False]
         assert bulk.json()["predictions"][-1] == pytest.approx(one.json()["predictions"][0])
 
-    @pytest.mark.parametrize(
-        "value, fragment",
-        [
-            (b"NaN", "expected a finite number, got nan"),
-            (b"1e400", "expected a finite number, got inf"),
-            (b"1e300", "out of the range this model can take"),
-            (b"true", "expected a number, got True"),
-            (b'"3.5"', "expected a number, got '3.5'"),
-            (b"null", "expected a number, got None"),
-            (b"[3.5]", "expected a number, got [3.5]"),
-        ],
-    )
+    @pytest.mark.parametrize("value, fragment", BAD_VALUES)
     def test_bad_values_name_instance_and_feature(
         self, trained_client: TestClient, value: bytes, fragment: str
     ) -> None:
