@@ -29,18 +29,24 @@ Emit = Callable[[EventType, str, dict[str, Any] | None], None]
 
 
 @dataclass
-class Outcome:
-    """What the runner registers: the model, its preprocessing, lineage and metrics."""
+class VersionDraft:
+    """The version a job will register, before training: its model and how it reads data."""
 
     model: Any
-    result: training.TrainResult
-    target: str
     task: Task
     feature_spec: dict[str, Any]
     target_spec: dict[str, Any]
     architecture: dict[str, Any]
     signature: dict[str, Any]
     version_fields: dict[str, Any]
+
+
+@dataclass
+class Outcome:
+    """What the runner registers: the trained draft, its training result and metrics."""
+
+    draft: VersionDraft
+    result: training.TrainResult
     rows: dict[str, int]
     extra_metrics: dict[str, Any] = field(default_factory=dict)
 
@@ -254,10 +260,8 @@ def run(
     extra: dict[str, Any] = {"transfer_report": report}
     if selection is not None:
         extra["selection"] = selection
-    return Outcome(
+    draft = VersionDraft(
         model=trained.model,
-        result=trained.result,
-        target=target,
         task=task,
         feature_spec=refit_features if choice.normalization == "target" else source_features,
         target_spec=target_spec,
@@ -269,6 +273,10 @@ def run(
             "parent_name": base.model_name,
             "parent_version": base.version,
         },
+    )
+    return Outcome(
+        draft=draft,
+        result=trained.result,
         rows={"train": len(train_idx), "validation": len(val_idx)},
         extra_metrics=extra,
     )

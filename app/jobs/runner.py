@@ -47,16 +47,10 @@ class WorkerContext:
 
 @dataclass
 class _Prepared:
-    """Everything training needs, built from the job's request and its data."""
+    """Everything source training needs, built from the job's request and its data."""
 
-    model: Any
+    draft: fine_tuning.VersionDraft
     target: str
-    task: Task
-    feature_spec: dict[str, Any]
-    target_spec: dict[str, Any]
-    architecture: dict[str, Any]
-    signature: dict[str, Any]
-    version_fields: dict[str, Any]
     warnings: list[str]
     notes: list[str]
 
@@ -95,9 +89,8 @@ def _prepare_source(data: inputs.Data, request: dict[str, Any], seed: int) -> _P
     }
     training.set_seed(seed)
     model = architectures.build_model(architecture, feature_spec["input_dim"], output_dim)
-    return _Prepared(
+    draft = fine_tuning.VersionDraft(
         model=model,
-        target=target,
         task=task,
         feature_spec=feature_spec,
         target_spec=target_spec,
@@ -109,6 +102,10 @@ def _prepare_source(data: inputs.Data, request: dict[str, Any], seed: int) -> _P
             "parent_name": None,
             "parent_version": None,
         },
+    )
+    return _Prepared(
+        draft=draft,
+        target=target,
         warnings=_class_warnings(labels) if task == Task.CLASSIFICATION else [],
         notes=[f"task: {task}; {len(features)} features -> {feature_spec['input_dim']} inputs"],
     )
@@ -128,18 +125,19 @@ def _train_source(
             add_event(session, job_id, EventType.LOG, note)
         for warning in prepared.warnings:
             add_event(session, job_id, EventType.WARNING, warning)
-    x, y = inputs.encode(data, prepared.feature_spec, prepared.target_spec, prepared.target)
-    labels = y if prepared.task == Task.CLASSIFICATION else None
+    draft = prepared.draft
+    x, y = inputs.encode(data, draft.feature_spec, draft.target_spec, prepared.target)
+    labels = y if draft.task == Task.CLASSIFICATION else None
     train_idx, val_idx = training.split_indices(
         len(y), hyper["validation_fraction"], hyper["seed"], labels
     )
     result = training.fit(
-        prepared.model,
+        draft.model,
         x[train_idx],
         y[train_idx],
         x[val_idx],
         y[val_idx],
-        target_spec=prepared.target_spec,
+        target_spec=draft.target_spec,
         epochs=hyper["epochs"],
         batch_size=hyper["batch_size"],
         learning_rate=hyper["learning_rate"],
@@ -151,16 +149,7 @@ def _train_source(
         on_batch=reporter.check_deadline,
     )
     return fine_tuning.Outcome(
-        model=prepared.model,
-        result=result,
-        target=prepared.target,
-        task=prepared.task,
-        feature_spec=prepared.feature_spec,
-        target_spec=prepared.target_spec,
-        architecture=prepared.architecture,
-        signature=prepared.signature,
-        version_fields=prepared.version_fields,
-        rows={"train": len(train_idx), "validation": len(val_idx)},
+        draft=draft, result=result, rows={"train": len(train_idx), "validation": len(val_idx)}
     )
 
 
@@ -281,6 +270,27 @@ class _Reporter:
             add_event(session, self.job_id, kind, message, data)
 
 
+def _fail(
+    db: Database,
+    job_id: str,
+    context: WorkerContext,
+    code: str,
+    message: str,
+    detail: str | None = None,
+) -> JobStatus:
+    """Finish the job as failed with `code`; `detail` (default: the message) is kept on it."""
+    _finish(
+        db,
+        job_id,
+        context,
+        JobStatus.FAILED,
+        message,
+        error_code=code,
+        error_message=detail or message,
+    )
+    return JobStatus.FAILED
+
+
 def _finish(
     db: Database,
     job_id: str,
@@ -364,27 +374,22 @@ def run_job(db: Database, job_id: str, context: WorkerContext) -> JobStatus:
     except (JobTimedOut, DataError) as exc:
         reporter.flush_quietly()
         code = exc.code if isinstance(exc, DataError) else "timeout"
-        _finish(
-            db, job_id, context, JobStatus.FAILED, str(exc), error_code=code, error_message=str(exc)
-        )
-        return JobStatus.FAILED
+        return _fail(db, job_id, context, code, str(exc))
     except Exception as exc:
         log.exception("job %s failed", job_id)
         reporter.flush_quietly()
         message = f"{type(exc).__name__}: {exc}"
-        _finish(
+        return _fail(
             db,
             job_id,
             context,
-            JobStatus.FAILED,
+            "internal_error",
             message,
-            error_code="internal_error",
-            error_message=message + "\n" + traceback.format_exc(limit=3),
+            detail=message + "\n" + traceback.format_exc(limit=3),
         )
-        return JobStatus.FAILED
 
     result = outcome.result
-    weights = serialization.weights_to_bytes(outcome.model)
+    weights = serialization.weights_to_bytes(outcome.draft.model)
     metrics = {
         **result.metrics,
         "epochs_run": result.epochs_run,
@@ -399,16 +404,7 @@ def run_job(db: Database, job_id: str, context: WorkerContext) -> JobStatus:
         # Without this the job would stay `running` until its heartbeat went stale.
         log.exception("job %s: recording its result failed", job_id)
         message = f"the model trained but recording it failed: {type(exc).__name__}: {exc}"
-        _finish(
-            db,
-            job_id,
-            context,
-            JobStatus.FAILED,
-            message,
-            error_code="internal_error",
-            error_message=message,
-        )
-        return JobStatus.FAILED
+        return _fail(db, job_id, context, "internal_error", message)
 
 
 def _record_result(
@@ -422,6 +418,7 @@ def _record_result(
 ) -> JobStatus:
     """One transaction: the new version and the job's success, or nothing."""
     job_id = job.id
+    draft = outcome.draft
     with db.session_scope() as session:
         job_row = session.get(Job, job_id)
         assert job_row is not None
@@ -447,15 +444,15 @@ def _record_result(
             weights=weights,
             job_id=job_id,
             dataset_id=job.dataset_id,
-            task=outcome.task,
-            signature=outcome.signature,
-            architecture=outcome.architecture,
+            task=draft.task,
+            signature=draft.signature,
+            architecture=draft.architecture,
             hyperparameters=hyper,
-            preprocessing={"features": outcome.feature_spec, "target": outcome.target_spec},
+            preprocessing={"features": draft.feature_spec, "target": draft.target_spec},
             metrics=metrics,
             size_bytes=len(weights),
             sha256=serialization.sha256_hex(weights),
-            **outcome.version_fields,
+            **draft.version_fields,
         )
         job_row.status = JobStatus.SUCCEEDED
         job_row.finished_at = utcnow()
