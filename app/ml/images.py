@@ -132,26 +132,14 @@ def fit_image_scaling(images: np.ndarray) -> dict[str, Any]:
 
 def refit_image_scaling(spec: dict[str, Any], images: np.ndarray) -> dict[str, Any]:
     """The same spec with mean and std refitted on `images` (e.g. the target's own data)."""
-    array = _as_nchw(images)
-    if list(array.shape[1:]) != list(spec["shape"]):
-        raise DataError(
-            f"images have shape {_shape_text(array.shape[1:])}; "
-            f"expected {_shape_text(spec['shape'])}",
-            code="feature_mismatch",
-        )
+    array = _nchw_of_spec_shape(spec, images)
     mean, std = _channel_stats(array)
     return {**spec, "mean": mean, "std": std}
 
 
 def transform_images(spec: dict[str, Any], images: np.ndarray) -> np.ndarray:
     """Standardise each channel and flatten: float32 (n, C·H·W), the layout models read."""
-    array = _as_nchw(images)
-    if list(array.shape[1:]) != list(spec["shape"]):
-        raise DataError(
-            f"images have shape {_shape_text(array.shape[1:])}; "
-            f"expected {_shape_text(spec['shape'])}",
-            code="feature_mismatch",
-        )
+    array = _nchw_of_spec_shape(spec, images)
     mean = np.asarray(spec["mean"], dtype=np.float32).reshape(1, -1, 1, 1)
     std = np.asarray(spec["std"], dtype=np.float32).reshape(1, -1, 1, 1)
     scaled = (array.astype(np.float32, copy=False) - mean) / std
@@ -307,6 +295,17 @@ def _labels(y: np.ndarray, count: int, classes: np.ndarray | None) -> pd.Series:
     if unknown is not None:
         raise DataError(f"y[{unknown}] is {values[unknown]!r}, which is not in classes {declared}")
     return pd.Series(pd.Categorical(values, categories=declared), name=LABEL_COLUMN)
+
+
+def _nchw_of_spec_shape(spec: dict[str, Any], images: np.ndarray) -> np.ndarray:
+    array = _as_nchw(images)
+    if list(array.shape[1:]) != list(spec["shape"]):
+        raise DataError(
+            f"images have shape {_shape_text(array.shape[1:])}; "
+            f"expected {_shape_text(spec['shape'])}",
+            code="feature_mismatch",
+        )
+    return array
 
 
 def _as_nchw(images: np.ndarray) -> np.ndarray:

@@ -40,11 +40,15 @@ class ModelCache(Generic[T]):
     def get(self, key: str) -> T | None:
         """The entry for `key` if it is loaded (a hit), else None; never loads."""
         with self._lock:
-            found = self._entries.get(key)
-            if found is not None:
-                self._entries.move_to_end(key)
-                self.hits += 1
-            return found
+            return self._hit(key)
+
+    def _hit(self, key: str) -> T | None:
+        # The caller holds self._lock.
+        found = self._entries.get(key)
+        if found is not None:
+            self._entries.move_to_end(key)
+            self.hits += 1
+        return found
 
     def get_or_load(self, key: str, load: Callable[[], T]) -> T:
         """The entry for `key`, loading it once even when many threads ask for it together.
@@ -53,10 +57,8 @@ class ModelCache(Generic[T]):
         instead of starting their own; a failed load lets the next caller try again.
         """
         with self._lock:
-            found = self._entries.get(key)
+            found = self._hit(key)
             if found is not None:
-                self._entries.move_to_end(key)
-                self.hits += 1
                 return found
             self.misses += 1
             key_lock = self._loading.setdefault(key, threading.Lock())
