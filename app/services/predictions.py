@@ -224,8 +224,7 @@ class PredictionService:
                 )
         except DataError as exc:
             raise Invalid(exc.code, str(exc)) from exc
-        raw = await self._batcher(resolved.id, predictor).submit(encoded)
-        return predictor.outputs(raw)
+        return await self._forward(resolved, predictor, encoded)
 
     async def predict_matrix(
         self, resolved: ResolvedVersion, values: np.ndarray
@@ -239,6 +238,11 @@ class PredictionService:
         encoded = predictor.features_from_matrix(values)
         if encoded is None:
             return None
+        return await self._forward(resolved, predictor, encoded)
+
+    async def _forward(
+        self, resolved: ResolvedVersion, predictor: Predictor, encoded: np.ndarray
+    ) -> Prediction:
         raw = await self._batcher(resolved.id, predictor).submit(encoded)
         return predictor.outputs(raw)
 

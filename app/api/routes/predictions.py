@@ -61,10 +61,10 @@ async def handle_predict(request: Request, name: str) -> Response:
     """The predict route's work, shared by the FastAPI route and PredictFastLane.
 
     Predictions are the hot path, so this does by hand what FastAPI would do: it reads the
-    parameters from the request, parses the body once with orjson and checks its shape
-    without PredictRequest, has the rows turned into a float32 matrix in one NumPy call, and
-    writes the response with orjson straight from the output arrays, without a second
-    pydantic pass. The OpenAPI document still describes the request and the response.
+    parameters from the request, parses the body once (simdjson straight to a matrix for a
+    bulk numeric body, else orjson) and checks its shape without PredictRequest, has the
+    rows turned into a float32 matrix in one NumPy call, and writes the response with
+    orjson straight from the output arrays, without a second pydantic pass. The OpenAPI document still describes the request and the response.
     """
     started = time.perf_counter()
     version, alias = _selector(request.scope["query_string"])
