@@ -64,7 +64,8 @@ async def handle_predict(request: Request, name: str) -> Response:
     parameters from the request, parses the body once (simdjson straight to a matrix for a
     bulk numeric body, else orjson) and checks its shape without PredictRequest, has the
     rows turned into a float32 matrix in one NumPy call, and writes the response with
-    orjson straight from the output arrays, without a second pydantic pass. The OpenAPI document still describes the request and the response.
+    orjson straight from the output arrays, without a second pydantic pass. The OpenAPI
+    document still describes the request and the response.
     """
     started = time.perf_counter()
     version, alias = _selector(request.scope["query_string"])
