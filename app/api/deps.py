@@ -17,12 +17,19 @@ def get_database(request: Request) -> Database:
 
 
 def get_session(request: Request) -> Iterator[Session]:
-    """A writing unit of work: committed when the route returns, rolled back if it raises."""
+    """A writing unit of work: committed when the route returns, rolled back if it raises.
+
+    Declared with `scope="function"` below, so the commit runs when the path operation
+    returns and before the response is sent: a client that gets a 2xx can read its write on
+    any connection, and a commit that fails becomes the route's error response (409 or 503,
+    see app/api/problems.py) instead of a 2xx followed by a lost write.
+    """
     with get_database(request).session_scope() as session:
         yield session
 
 
 def get_read_session(request: Request) -> Iterator[Session]:
+    """A read-only session, closed with the path operation: a streamed response holds none."""
     with get_database(request).read_scope() as session:
         yield session
 
@@ -37,8 +44,8 @@ def get_model_cache(request: Request) -> ModelCache:
     return cache
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
-ReadSessionDep = Annotated[Session, Depends(get_read_session)]
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+ReadSessionDep = Annotated[Session, Depends(get_read_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 ModelCacheDep = Annotated[ModelCache, Depends(get_model_cache)]
 LimitQuery = Annotated[int, Query(ge=1, le=200, description="Page size.")]

@@ -6,6 +6,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.errors import AppError
@@ -111,6 +112,65 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+# PostgreSQL SQLSTATEs of a transaction that lost a race and may simply be retried.
+_RETRYABLE_SQLSTATES = {"40001": "serialization failure", "40P01": "deadlock"}
+
+
+def database_problem(exc: DBAPIError) -> tuple[int, str, str, str]:
+    """(status, code, title, detail) for a database error that ended a request's write.
+
+    Nothing of the statement or the driver's message reaches the client (they name tables
+    and values); the full error is logged with the request path.
+    """
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    message = str(exc.orig).lower()
+    undone = "nothing was written"
+    if isinstance(exc, IntegrityError):
+        return (
+            409,
+            "conflict",
+            "Conflict",
+            f"the change conflicts with the current state (another request changed or "
+            f"removed what it refers to); {undone}. Read the resource again and retry",
+        )
+    if sqlstate in _RETRYABLE_SQLSTATES:
+        return (
+            409,
+            "concurrent_update",
+            "Conflict",
+            f"a concurrent request changed the same data ({_RETRYABLE_SQLSTATES[sqlstate]}); "
+            f"{undone}; retry the request",
+        )
+    if "disk is full" in message or "no space" in message or sqlstate == "53100":
+        return (
+            503,
+            "storage_full",
+            "Service unavailable",
+            f"the database has no space left; {undone}. Free space on the server and retry",
+        )
+    if "locked" in message or "busy" in message or sqlstate == "55P03":
+        return (
+            503,
+            "database_busy",
+            "Service unavailable",
+            f"the database stayed locked by other writers for too long; {undone}; retry",
+        )
+    return (
+        503,
+        "database_unavailable",
+        "Service unavailable",
+        f"the database failed to store the change; {undone}; retry later",
+    )
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DBAPIError)
+    status, code, title, detail = database_problem(exc)
+    log.error("database error on %s %s: %s", request.method, request.url.path, exc)
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return problem_response(status, code, title, detail, request=request, headers=headers)
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return problem_response(
@@ -126,4 +186,5 @@ def add_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(DBAPIError, _database_error)
     app.add_exception_handler(Exception, _unexpected)
