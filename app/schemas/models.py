@@ -26,6 +26,28 @@ class Signature(Schema):
     target: str
 
 
+class DatasetRef(Schema):
+    id: str
+    role: str = Field(
+        description="`training` (the rows it was trained on) or `joint_source` (the source "
+        "rows a joint fine-tune also trained on)."
+    )
+    name: str | None
+    sha256: str | None = Field(description="sha256 of the dataset's bytes when it was used.")
+    rows: int | None
+    size_bytes: int | None
+
+
+class LineageEntry(Schema):
+    name: str
+    version: int
+    kind: VersionKind | None
+    strategy: Strategy | None
+    job_id: str | None
+    created_at: datetime | None
+    datasets: list[DatasetRef]
+
+
 class ModelVersionRead(Schema):
     name: str
     version: int
@@ -52,6 +74,11 @@ class ModelVersionRead(Schema):
         description="Memory the version takes once loaded for serving (parameters and buffers)."
     )
     aliases: list[str]
+    lineage: list[LineageEntry] = Field(
+        description="This version, then its parent, grandparent and so on, each with the "
+        "datasets it was trained on and their sha256, recorded when it was registered (so it "
+        "holds after those datasets or versions are deleted)."
+    )
 
 
 class AliasUpdate(RequestSchema):

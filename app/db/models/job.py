@@ -21,6 +21,8 @@ class Job(Base):
     # Lineage kept as plain columns (no foreign keys) so "in use" checks are indexed
     # queries and the history of a job outlives the dataset or version it used.
     dataset_id: Mapped[str] = mapped_column(String(40), index=True)
+    # The base version's training dataset, which a `joint` fine-tune reads too.
+    source_dataset_id: Mapped[str | None] = mapped_column(String(40), index=True)
     model_name: Mapped[str] = mapped_column(String(200))
     base_model_name: Mapped[str | None] = mapped_column(String(200))
     base_model_version: Mapped[int | None] = mapped_column(Integer)

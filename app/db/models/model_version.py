@@ -39,4 +39,7 @@ class ModelVersion(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     # Parameters and buffers once loaded: what the serving cache counts against its byte bound.
     memory_bytes: Mapped[int] = mapped_column(BigInteger)
+    # This version, then each ancestor, with the sha256 of every dataset it was trained on:
+    # a snapshot taken at registration, so it outlives deleted datasets and parents.
+    lineage: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     weights: Mapped[bytes] = mapped_column(LargeBinary, deferred=True, deferred_raiseload=True)
