@@ -300,7 +300,8 @@ def _finish(
     **fields: Any,
 ) -> None:
     with db.session_scope() as session:
-        job = session.get(Job, job_id)
+        # Locked, so a cancel or a recovery sweep at this moment waits for this end.
+        job = session.get(Job, job_id, with_for_update=True)
         assert job is not None
         if job.status != JobStatus.RUNNING or job.worker_id != context.worker_id:
             return
@@ -420,7 +421,9 @@ def _record_result(
     job_id = job.id
     draft = outcome.draft
     with db.session_scope() as session:
-        job_row = session.get(Job, job_id)
+        # Locked until the commit: a cancel at this moment either committed before (and
+        # is seen below) or waits and finds the job finished (409 job_finished).
+        job_row = session.get(Job, job_id, with_for_update=True)
         assert job_row is not None
         if job_row.status != JobStatus.RUNNING or job_row.worker_id != context.worker_id:
             # Recovery gave the job to another worker while this one was silent;

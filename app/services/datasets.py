@@ -5,7 +5,7 @@ from pathlib import PurePath
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import exists, select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, undefer
 
 from app.db.models import Dataset, Job
@@ -15,6 +15,7 @@ from app.ids import new_id, utcnow
 from app.ml import frames, images
 from app.ml.errors import DataError
 from app.schemas.datasets import BuiltinDatasetCreate
+from app.services.locking import lock_rows
 from app.services.pagination import paginate
 
 _EXTENSIONS = {
@@ -153,8 +154,10 @@ def _builtin_label(request: BuiltinDatasetCreate) -> str:
     return label
 
 
-def get(session: Session, dataset_id: str) -> Dataset:
-    dataset = session.get(Dataset, dataset_id)
+def get(session: Session, dataset_id: str, *, lock: str | None = None) -> Dataset:
+    """One dataset; `lock` ("share" or "update") holds its row until the caller commits."""
+    query = select(Dataset).where(Dataset.id == dataset_id)
+    dataset = session.scalar(query if lock is None else lock_rows(query, lock))
     if dataset is None:
         raise NotFound("dataset_not_found", f"no dataset with id {dataset_id!r}")
     return dataset
@@ -172,15 +175,26 @@ def list_datasets(session: Session, *, limit: int, after: str | None) -> tuple[l
 
 
 def delete(session: Session, dataset_id: str) -> None:
-    """Delete a dataset unless a queued or running job still needs it."""
-    dataset = get(session, dataset_id)
-    in_use = session.scalar(
-        select(exists().where(Job.dataset_id == dataset_id, Job.status.in_(ACTIVE_JOB_STATUSES)))
+    """Delete a dataset unless a queued or running job still needs it.
+
+    Its row is locked first: a job being created on it (which holds the row shared) commits
+    before the check below reads, so the check sees it; or the job finds the dataset gone.
+    A `joint` fine-tune needs its base version's training dataset as well.
+    """
+    dataset = get(session, dataset_id, lock="update")
+    user = session.scalar(
+        select(Job.id)
+        .where(
+            or_(Job.dataset_id == dataset_id, Job.source_dataset_id == dataset_id),
+            Job.status.in_(ACTIVE_JOB_STATUSES),
+        )
+        .limit(1)
     )
-    if in_use:
+    if user is not None:
         raise Conflict(
             "dataset_in_use",
-            f"dataset {dataset_id!r} is used by a queued or running job; cancel it or wait",
+            f"dataset {dataset_id!r} is used by queued or running job {user}; cancel it or "
+            "wait for it to end",
         )
     session.delete(dataset)
     session.flush()

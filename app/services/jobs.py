@@ -4,7 +4,7 @@ import hashlib
 import json
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -17,6 +17,7 @@ from app.schemas.jobs import FineTuningCreate, SourceTrainingCreate
 from app.services import datasets as datasets_service
 from app.services import image_jobs
 from app.services import registry as registry_service
+from app.services.locking import lock_rows
 from app.services.pagination import paginate
 
 _NUMERIC_DTYPES = {"int64", "float64", "bool"}
@@ -115,8 +116,14 @@ def _check_fine_tuning_request(
 
 
 def _check_joint_source(session: Session, base: ModelVersion) -> None:
-    """`joint` trains on the base's own training rows: they must still be there and usable."""
-    source = session.get(Dataset, base.dataset_id)
+    """`joint` trains on the base's own training rows: they must still be there and usable.
+
+    The row stays locked (shared) until the job is committed, so a concurrent delete of the
+    source dataset waits for the job and then refuses.
+    """
+    source = session.scalar(
+        lock_rows(select(Dataset).where(Dataset.id == base.dataset_id), "share")
+    )
     if source is None:
         raise Conflict(
             "source_dataset_unavailable",
@@ -202,9 +209,11 @@ def submit_source_training(
 ) -> tuple[Job, bool]:
     """Validate what can be checked now and queue a source-training job.
 
-    Returns the job and whether it was created (False for an idempotent replay).
+    Returns the job and whether it was created (False for an idempotent replay). The
+    dataset's row is held (shared) until the caller commits, so a concurrent delete of it
+    waits and then sees this job.
     """
-    dataset = datasets_service.get(session, request.dataset_id)
+    dataset = datasets_service.get(session, request.dataset_id, lock="share")
     request = image_jobs.check_source_request(dataset, request)
     if image_jobs.dataset_image_shape(dataset) is None:
         _check_source_request(dataset, request)
@@ -221,10 +230,15 @@ def submit_source_training(
 def submit_fine_tuning(
     session: Session, request: FineTuningCreate, idempotency_key: str | None = None
 ) -> tuple[Job, bool]:
-    """Resolve and pin the base version, validate the target data, queue the job."""
+    """Resolve and pin the base version, validate the target data, queue the job.
+
+    The base version's and the datasets' rows are held (shared) until the caller commits,
+    so deleting any of them at the same moment waits for this job and then refuses.
+    """
     ref = request.base_model
     base = registry_service.resolve(session, ref.name, version=ref.version, alias=ref.alias)
-    dataset = datasets_service.get(session, request.dataset_id)
+    base = registry_service.get_version(session, base.model_name, base.version, lock="share")
+    dataset = datasets_service.get(session, request.dataset_id, lock="share")
     if image_jobs.dataset_image_shape(dataset) or image_jobs.model_image_shape(base):
         image_jobs.check_fine_tuning_request(dataset, request, base)
     else:
@@ -247,6 +261,7 @@ def submit_fine_tuning(
         model_name=request.model_name,
         base_model_name=base.model_name,
         base_model_version=base.version,
+        source_dataset_id=base.dataset_id if request.strategy == Strategy.JOINT else None,
     )
 
 
@@ -274,31 +289,73 @@ def list_jobs(
 
 
 def cancel(session: Session, job_id: str) -> Job:
-    """Cancel a queued job now, or ask its worker to stop a running one at the next epoch."""
-    job = get(session, job_id)
-    if JobStatus(job.status).is_final:
-        raise Conflict("job_finished", f"job {job_id} already ended with status {job.status}")
-    if job.status == JobStatus.QUEUED:
-        job.status = JobStatus.CANCELLED
-        job.finished_at = utcnow()
-        job.cancel_requested = True
-        session.flush()
+    """Cancel a queued job now, or ask its worker to stop a running one at the next epoch.
+
+    Each step is a conditional UPDATE on the job's status, so a worker claiming the job or
+    recording its success at the same moment is never overruled: a 202 means the job will
+    end cancelled without a version, a 409 job_finished that it had already ended.
+    """
+    now = utcnow()
+    dropped = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+        .values(status=JobStatus.CANCELLED, finished_at=now, cancel_requested=True)
+    )
+    if _changed(dropped):
         add_event(
             session,
-            job.id,
+            job_id,
             EventType.STATUS,
             "job cancelled before it started",
             {"status": JobStatus.CANCELLED},
         )
-    elif not job.cancel_requested:
-        job.cancel_requested = True
-        session.flush()
+        return _reread(session, job_id)
+    asked = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.cancel_requested.is_(False))
+        .values(cancel_requested=True)
+    )
+    if _changed(asked):
         add_event(
             session,
-            job.id,
+            job_id,
             EventType.LOG,
             "cancellation requested; the worker stops at the end of the current epoch",
         )
+    job = _reread(session, job_id)
+    if JobStatus(job.status).is_final:
+        raise Conflict("job_finished", f"job {job_id} already ended with status {job.status}")
+    return job
+
+
+def delete_job(session: Session, job_id: str) -> None:
+    """Delete a finished job and its events; the versions it registered stay.
+
+    One conditional DELETE decides: a job that is still queued or running (or that a worker
+    claims at this moment) is not removed, and the answer is 409.
+    """
+    final = [status for status in JobStatus if status.is_final]
+    removed = session.execute(delete(Job).where(Job.id == job_id, Job.status.in_(final)))
+    if _changed(removed):
+        return
+    job = get(session, job_id)
+    raise Conflict(
+        "job_active",
+        f"job {job_id} is {job.status}; cancel it and wait until it has ended before deleting",
+    )
+
+
+def _changed(result: Any) -> bool:
+    return bool(result.rowcount == 1)
+
+
+def _reread(session: Session, job_id: str) -> Job:
+    """The job as committed now (the UPDATEs above bypass the identity map)."""
+    job = session.scalar(
+        select(Job).where(Job.id == job_id).execution_options(populate_existing=True)
+    )
+    if job is None:
+        raise NotFound("job_not_found", f"no job with id {job_id!r}")
     return job
 
 

@@ -3,16 +3,16 @@
 import re
 from typing import Any
 
-from sqlalchemy import exists, func, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session, undefer
 
-from app.db.models import Job, ModelAlias, ModelVersion, RegisteredModel
-from app.enums import ACTIVE_JOB_STATUSES
+from app.db.models import Dataset, Job, ModelAlias, ModelVersion, RegisteredModel
+from app.enums import ACTIVE_JOB_STATUSES, Strategy
 from app.errors import Conflict, Invalid, NotFound
 from app.ids import new_id, utcnow
 from app.ml import serialization
 from app.schemas.jobs import ALIAS_PATTERN
+from app.services.locking import insert_for, lock_rows
 from app.services.pagination import paginate
 
 DEFAULT_ALIAS = "production"
@@ -54,13 +54,21 @@ def aliases_of_model(session: Session, name: str) -> dict[str, int]:
 
 
 def get_version(
-    session: Session, name: str, version: int, *, with_weights: bool = False
+    session: Session,
+    name: str,
+    version: int,
+    *,
+    with_weights: bool = False,
+    lock: str | None = None,
 ) -> ModelVersion:
+    """One version; `lock` ("share" or "update") holds its row until the caller commits."""
     query = select(ModelVersion).where(
         ModelVersion.model_name == name, ModelVersion.version == version
     )
     if with_weights:
         query = query.options(undefer(ModelVersion.weights))
+    if lock is not None:
+        query = lock_rows(query, lock)
     found = session.scalars(query).one_or_none()
     if found is None:
         get_model(session, name)
@@ -125,17 +133,16 @@ def register_version(session: Session, *, name: str, weights: bytes, **fields: A
     """Add the next numbered version of `name` (creating the model on first use).
 
     The caller commits it together with the job's success, so a version exists
-    exactly when its job succeeded.
+    exactly when its job succeeded. Its lineage (this version, then its ancestors, with the
+    sha256 of every dataset each was trained on) is fixed now, from the parent's.
     """
-    if session.get(RegisteredModel, name) is None:
-        try:
-            with session.begin_nested():
-                session.add(RegisteredModel(name=name, created_at=utcnow(), last_version=0))
-                session.flush()
-        except IntegrityError:
-            # Another job registered the first version of this name at the same moment
-            # (PostgreSQL lets both try); its row is committed now, so number after it.
-            pass
+    # Two jobs may register the first versions of a new name at the same moment: the
+    # database keeps one row and the other insert does nothing.
+    session.execute(
+        insert_for(session, RegisteredModel)
+        .values(name=name, created_at=utcnow(), last_version=0)
+        .on_conflict_do_nothing(index_elements=["name"])
+    )
     # Incrementing in SQL keeps the numbering right when two jobs finish at once.
     number = session.execute(
         update(RegisteredModel)
@@ -152,36 +159,101 @@ def register_version(session: Session, *, name: str, weights: bytes, **fields: A
         weights=weights,
         **fields,
     )
+    version.lineage = _lineage(session, version)
     session.add(version)
     session.flush()
     return version
 
 
+def dataset_ref(session: Session, dataset_id: str, role: str) -> dict[str, Any]:
+    """What lineage records of a dataset: enough to prove which bytes it was."""
+    dataset = session.get(Dataset, dataset_id)
+    return {
+        "id": dataset_id,
+        "role": role,
+        "name": None if dataset is None else dataset.name,
+        "sha256": None if dataset is None else dataset.sha256,
+        "rows": None if dataset is None else dataset.rows,
+        "size_bytes": None if dataset is None else dataset.size_bytes,
+    }
+
+
+def _lineage(session: Session, version: ModelVersion) -> list[dict[str, Any]]:
+    datasets = [dataset_ref(session, version.dataset_id, "training")]
+    ancestors: list[dict[str, Any]] = []
+    if version.parent_name is not None and version.parent_version is not None:
+        parent = session.scalar(
+            select(ModelVersion).where(
+                ModelVersion.model_name == version.parent_name,
+                ModelVersion.version == version.parent_version,
+            )
+        )
+        if parent is None:
+            ancestors = [_unknown_ancestor(version.parent_name, version.parent_version)]
+        else:
+            ancestors = list(parent.lineage)
+            if version.strategy == Strategy.JOINT:
+                # joint also trains on the rows the parent was trained on.
+                datasets.append(dataset_ref(session, parent.dataset_id, "joint_source"))
+    entry = {
+        "name": version.model_name,
+        "version": version.version,
+        "kind": version.kind,
+        "strategy": version.strategy,
+        "job_id": version.job_id,
+        "created_at": version.created_at.isoformat(),
+        "datasets": datasets,
+    }
+    return [entry, *ancestors]
+
+
+def _unknown_ancestor(name: str, version: int) -> dict[str, Any]:
+    return {
+        "name": name,
+        "version": version,
+        "kind": None,
+        "strategy": None,
+        "job_id": None,
+        "created_at": None,
+        "datasets": [],
+    }
+
+
 def set_alias(session: Session, name: str, alias: str, version: int) -> ModelAlias:
-    get_version(session, name, version)
-    row = session.get(ModelAlias, (name, alias))
-    if row is None:
-        row = ModelAlias(model_name=name, alias=alias, version=version, updated_at=utcnow())
-        session.add(row)
-    else:
-        row.version = version
-        row.updated_at = utcnow()
-    session.flush()
-    return row
+    """Point `alias` at `version`, creating or moving it in one statement.
+
+    The version's row is held (shared) until the commit, so a concurrent delete of that
+    version waits and then sees the alias; two PUTs of the same new alias both succeed and
+    the later commit wins, instead of one failing on the primary key.
+    """
+    get_version(session, name, version, lock="share")
+    now = utcnow()
+    session.execute(
+        insert_for(session, ModelAlias)
+        .values(model_name=name, alias=alias, version=version, updated_at=now)
+        .on_conflict_do_update(
+            index_elements=["model_name", "alias"], set_={"version": version, "updated_at": now}
+        )
+    )
+    return ModelAlias(model_name=name, alias=alias, version=version, updated_at=now)
 
 
 def delete_alias(session: Session, name: str, alias: str) -> None:
     get_model(session, name)
-    row = session.get(ModelAlias, (name, alias))
-    if row is None:
+    removed = session.execute(
+        delete(ModelAlias).where(ModelAlias.model_name == name, ModelAlias.alias == alias)
+    )
+    if removed.rowcount != 1:  # type: ignore[attr-defined]
         raise NotFound("alias_not_found", f"model {name!r} has no alias {alias!r}")
-    session.delete(row)
-    session.flush()
 
 
 def delete_version(session: Session, name: str, version: int) -> None:
-    """Delete a version unless an alias points at it or an active job builds on it."""
-    found = get_version(session, name, version)
+    """Delete a version unless an alias points at it or an active job builds on it.
+
+    The row is locked first, so an alias being set or a job being created on it commits
+    before these checks read (they then refuse), or finds the version gone (404).
+    """
+    found = get_version(session, name, version, lock="update")
     pointing = aliases_of_version(session, found)
     if pointing:
         raise Conflict(
@@ -205,6 +277,37 @@ def delete_version(session: Session, name: str, version: int) -> None:
         )
     session.delete(found)
     session.flush()
+
+
+def delete_model(session: Session, name: str) -> None:
+    """Delete a model with all its versions and aliases, unless a queued or running job
+    builds on one of its versions or will register a version into it."""
+    found = session.scalar(
+        lock_rows(select(RegisteredModel).where(RegisteredModel.name == name), "update")
+    )
+    if found is None:
+        raise NotFound("model_not_found", f"no registered model named {name!r}")
+    # Locking every version makes a job being created on one of them commit first.
+    session.execute(
+        lock_rows(select(ModelVersion.id).where(ModelVersion.model_name == name), "update")
+    )
+    busy = session.scalar(
+        select(Job.id)
+        .where(
+            or_(Job.base_model_name == name, Job.model_name == name),
+            Job.status.in_(ACTIVE_JOB_STATUSES),
+        )
+        .limit(1)
+    )
+    if busy is not None:
+        raise Conflict(
+            "model_in_use",
+            f"model {name!r} is used by queued or running job {busy} (it builds on one of "
+            "its versions or registers a version into it); cancel it or wait",
+        )
+    session.execute(delete(ModelAlias).where(ModelAlias.model_name == name))
+    session.execute(delete(ModelVersion).where(ModelVersion.model_name == name))
+    session.execute(delete(RegisteredModel).where(RegisteredModel.name == name))
 
 
 def validate_alias_name(alias: str) -> None:

@@ -170,6 +170,19 @@ def cancel_job(session: SessionDep, job_id: str) -> JobRead:
     return to_read(jobs_service.cancel(session, job_id))
 
 
+@router.delete(
+    "/{job_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete a finished job",
+    responses=problem_responses(404, 409),
+)
+def delete_job(session: SessionDep, job_id: str) -> Response:
+    """Delete a finished job and its events; the versions it registered stay (409 while
+    the job is queued or running)."""
+    jobs_service.delete_job(session, job_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
 _EVENT_STREAM = "text/event-stream"
 
 

@@ -52,6 +52,7 @@ def version_to_read(session: Session, version: ModelVersion) -> ModelVersionRead
             "sha256": version.sha256,
             "memory_bytes": version.memory_bytes,
             "aliases": registry_service.aliases_of_version(session, version),
+            "lineage": version.lineage,
         }
     )
 
@@ -76,6 +77,19 @@ def list_models(
 def get_model(session: ReadSessionDep, name: str) -> RegisteredModelRead:
     """A model's latest version number and aliases."""
     return model_to_read(session, registry_service.get_model(session, name))
+
+
+@router.delete(
+    "/{name}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete a registered model",
+    responses=problem_responses(404, 409),
+)
+def delete_model(session: SessionDep, name: str) -> Response:
+    """Delete a model with all its versions and aliases; refused (409) while a queued or
+    running job builds on one of its versions or registers a version into it."""
+    registry_service.delete_model(session, name)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get(
