@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     sweep_seconds: float = Field(
         5.0, gt=0, description="How often workers look for jobs whose worker was lost."
     )
+    job_events_retention_days: float = Field(
+        90.0,
+        ge=0,
+        description="Days a finished job keeps its metrics, log and warning events (its "
+        "status events stay); 0 keeps them forever.",
+    )
 
     @model_validator(mode="after")
     def _celery_needs_a_broker(self) -> "Settings":

@@ -6,10 +6,10 @@ import socket
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from app.db.models import Job
+from app.db.models import Job, JobEvent
 from app.enums import EventType, JobStatus
 from app.ids import utcnow
 from app.jobs.events import add_event
@@ -162,3 +162,16 @@ def queued_before(session: Session, *, seconds_ago: float, limit: int = 500) -> 
     cutoff = utcnow() - timedelta(seconds=seconds_ago)
     query = select(Job.id).where(Job.status == JobStatus.QUEUED, Job.created_at < cutoff)
     return list(session.scalars(query.order_by(Job.created_at, Job.id).limit(limit)))
+
+
+def prune_events(session: Session, *, older_than_days: float) -> int:
+    """Delete the metrics, log and warning events of jobs that ended over `older_than_days`
+    ago; their status events (queued, running, how it ended) stay, as does the job."""
+    cutoff = utcnow() - timedelta(days=older_than_days)
+    ended_long_ago = select(Job.id).where(Job.finished_at < cutoff)
+    result = session.execute(
+        delete(JobEvent).where(
+            JobEvent.job_id.in_(ended_long_ago), JobEvent.type != EventType.STATUS
+        )
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]

@@ -70,12 +70,29 @@ def serve_job(db: Database, job_id: str, context: WorkerContext, settings: Setti
     return status
 
 
+# Pruning old events is a large, rare delete: once an hour per worker process is plenty.
+PRUNE_EVERY_SECONDS = 3600.0
+_last_prune = -PRUNE_EVERY_SECONDS
+
+
 def sweep(db: Database, settings: Settings) -> list[str]:
-    """Recover jobs of lost workers; returns those put back in the queue."""
+    """Recover jobs of lost workers; returns those put back in the queue.
+
+    Also, at most hourly, drops the detailed events of jobs that ended longer ago than
+    GRAFT_JOB_EVENTS_RETENTION_DAYS.
+    """
+    global _last_prune
     with db.session_scope() as session:
         recovered = queue.requeue_stale(
             session, stale_after=settings.stale_after_seconds, max_attempts=settings.max_attempts
         )
+    days = settings.job_events_retention_days
+    if days > 0 and time.monotonic() - _last_prune >= PRUNE_EVERY_SECONDS:
+        _last_prune = time.monotonic()
+        with db.session_scope() as session:
+            pruned = queue.prune_events(session, older_than_days=days)
+        if pruned:
+            log.info("pruned %d events of jobs that ended over %g days ago", pruned, days)
     if not recovered:
         return []
     with db.read_scope() as session:
