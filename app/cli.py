@@ -1,10 +1,13 @@
-"""`graft serve | worker | migrate`."""
+"""`graft serve | worker | migrate | backup | restore`."""
 
 import argparse
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
-from app.config import get_settings
+from app.config import Settings, get_settings
 
 
 def _configure_logging(level: str) -> None:
@@ -25,23 +28,38 @@ def _migrate() -> None:
     print(f"database at revision {migrate.head_revision()}", file=sys.stderr)
 
 
+@contextmanager
+def _using_data_dir(settings: Settings) -> Iterator[None]:
+    """While a process has the SQLite file open, `graft restore` must not swap it: the
+    process would keep writing to the old, unlinked file and those writes would be lost."""
+    from app.db.backup import hold_data_dir_lock, sqlite_file
+
+    database = sqlite_file(settings.resolved_database_url)
+    if database is None:
+        yield
+        return
+    with hold_data_dir_lock(database.parent):
+        yield
+
+
 def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from app.main import create_app
 
     settings = get_settings()
-    if not args.no_migrate:
-        _migrate()
-    uvicorn.run(
-        create_app(settings),
-        host=args.host or settings.host,
-        port=args.port or settings.port,
-        log_level=settings.log_level,
-        # Event streams stay open while their job runs; on shutdown, end them after a
-        # moment (clients resume with Last-Event-ID) instead of waiting for every job.
-        timeout_graceful_shutdown=5,
-    )
+    with _using_data_dir(settings):
+        if not args.no_migrate:
+            _migrate()
+        uvicorn.run(
+            create_app(settings),
+            host=args.host or settings.host,
+            port=args.port or settings.port,
+            log_level=settings.log_level,
+            # Event streams stay open while their job runs; on shutdown, end them after a
+            # moment (clients resume with Last-Event-ID) instead of waiting for every job.
+            timeout_graceful_shutdown=5,
+        )
 
 
 def _worker(args: argparse.Namespace) -> None:
@@ -55,7 +73,28 @@ def _worker(args: argparse.Namespace) -> None:
         return
     from app.jobs.worker import run_worker
 
-    run_worker(settings)
+    with _using_data_dir(settings):
+        run_worker(settings)
+
+
+def _backup(args: argparse.Namespace) -> None:
+    from app.db.backup import backup
+
+    report = backup(get_settings().resolved_database_url, args.path, force=args.force)
+    print(f"backup written to {report.path}")
+    print(report.describe())
+
+
+def _restore(args: argparse.Namespace) -> None:
+    from sqlalchemy import make_url
+
+    from app.db.backup import restore, sqlite_file
+
+    url = get_settings().resolved_database_url
+    report = restore(args.path, url, force=args.force)
+    target = sqlite_file(url) or make_url(url).render_as_string(hide_password=True)
+    print(f"restored {report.path} into {target}")
+    print(report.describe())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -74,9 +113,43 @@ def main(argv: list[str] | None = None) -> None:
         "(default: GRAFT_EXECUTOR)",
     )
     commands.add_parser("migrate", help="bring the database schema to the newest migration")
+    backup = commands.add_parser(
+        "backup",
+        help="write a consistent copy of the database (datasets, models, jobs) to PATH; "
+        "safe while the service runs",
+        description="Copy the whole Graft database, which holds every dataset and model "
+        "weight, to one file. SQLite: the online backup API, checked with integrity_check; "
+        "PostgreSQL: pg_dump --format=custom. The service may keep running.",
+    )
+    backup.add_argument("path", type=Path, help="backup file to write")
+    backup.add_argument("--force", action="store_true", help="overwrite PATH if it exists")
+    restore = commands.add_parser(
+        "restore",
+        help="replace the database with the backup at PATH and migrate it; stop the service first",
+        description="Replace the configured database with a file written by `graft backup`, "
+        "then bring its schema to the newest migration. Stop `graft serve` and workers "
+        "first (SQLite refuses while they run). PostgreSQL: pg_restore.",
+    )
+    restore.add_argument("path", type=Path, help="backup file to read")
+    restore.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the database even if it already holds datasets, models or jobs",
+    )
     args = parser.parse_args(argv)
     _configure_logging(get_settings().log_level)
-    if args.command == "serve":
+    if args.command in ("backup", "restore"):
+        from app.db.backup import BackupError
+
+        try:
+            if args.command == "backup":
+                _backup(args)
+            else:
+                _restore(args)
+        except BackupError as exc:
+            print(f"graft: {exc}", file=sys.stderr)
+            sys.exit(2)
+    elif args.command == "serve":
         _serve(args)
     elif args.command == "worker":
         _worker(args)
