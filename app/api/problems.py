@@ -73,7 +73,13 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
 async def _app_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AppError)
     return problem_response(
-        exc.status_code, exc.code, exc.title, exc.detail, request=request, errors=exc.errors
+        exc.status_code,
+        exc.code,
+        exc.title,
+        exc.detail,
+        request=request,
+        errors=exc.errors,
+        headers=exc.headers,
     )
 
 

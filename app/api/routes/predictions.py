@@ -136,6 +136,7 @@ class PredictFastLane:
                 exc.detail,
                 request=request,
                 errors=exc.errors,
+                headers=exc.headers,
             )
         await response(scope, receive, send)
 

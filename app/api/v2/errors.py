@@ -49,7 +49,7 @@ def _as_v2(request: Request, exc: Exception) -> Response:
     if isinstance(exc, AppError):
         # The protocol has no 422: whatever a client sent wrong is a 400.
         status = 400 if exc.status_code == 422 else exc.status_code
-        return error_response(status, exc.detail)
+        return error_response(status, exc.detail, exc.headers)
     if isinstance(exc, RequestValidationError):
         shown = "; ".join(
             f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors()
