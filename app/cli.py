@@ -1,4 +1,4 @@
-"""`graft serve | worker | migrate | backup | restore`."""
+"""`graft serve | worker | migrate | backup | restore | keys`."""
 
 import argparse
 import logging
@@ -97,6 +97,48 @@ def _restore(args: argparse.Namespace) -> None:
     print(report.describe())
 
 
+def _keys(args: argparse.Namespace) -> None:
+    from datetime import timedelta
+
+    from app.db.session import Database
+    from app.errors import AppError
+    from app.ids import utcnow
+    from app.services import keys as keys_service
+
+    settings = get_settings()
+    database = Database(settings.resolved_database_url)
+    try:
+        with database.session_scope() as session:
+            if args.keys_command == "create":
+                expires = None
+                if args.expires_in_days is not None:
+                    expires = utcnow() + timedelta(days=args.expires_in_days)
+                row, secret = keys_service.create_key(
+                    session, name=args.name, scopes=args.scope, expires_at=expires
+                )
+                print(f"created {row.id} ({row.name}) with scopes {', '.join(row.scopes)}")
+                print("secret (shown once, keep it safe):", file=sys.stderr)
+                print(secret)
+            elif args.keys_command == "revoke":
+                keys_service.revoke_key(session, args.key_id)
+                print(f"revoked {args.key_id}")
+            else:
+                rows, _ = keys_service.list_keys(session, limit=200, after=None)
+                for row in rows:
+                    state = "revoked" if row.revoked_at else "active"
+                    expiry = row.expires_at.isoformat() if row.expires_at else "never"
+                    print(
+                        f"{row.id}  {row.prefix}…  {state:7}  {','.join(row.scopes):24}  "
+                        f"expires {expiry}  {row.name}"
+                    )
+        keys_service.announce_committed(database)
+    except AppError as exc:
+        print(f"graft: {exc.detail}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        database.dispose()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="graft", description="Graft transfer-learning service")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -136,6 +178,21 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="replace the database even if it already holds datasets, models or jobs",
     )
+    keys = commands.add_parser("keys", help="create, list or revoke API keys (in the database)")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_commands.add_parser("create", help="a new key; prints its secret once")
+    create.add_argument("--name", required=True, help="what the key is for")
+    create.add_argument(
+        "--scope",
+        action="append",
+        required=True,
+        choices=["read", "predict", "train", "admin"],
+        help="repeat for several scopes",
+    )
+    create.add_argument("--expires-in-days", type=float, default=None)
+    keys_commands.add_parser("list", help="every key (never their secrets)")
+    revoke = keys_commands.add_parser("revoke", help="revoke a key, in every API process")
+    revoke.add_argument("key_id")
     args = parser.parse_args(argv)
     _configure_logging(get_settings().log_level)
     if args.command in ("backup", "restore"):
@@ -149,6 +206,8 @@ def main(argv: list[str] | None = None) -> None:
         except BackupError as exc:
             print(f"graft: {exc}", file=sys.stderr)
             sys.exit(2)
+    elif args.command == "keys":
+        _keys(args)
     elif args.command == "serve":
         _serve(args)
     elif args.command == "worker":

@@ -2,9 +2,9 @@
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -93,6 +93,68 @@ class Settings(BaseSettings):
         description="On Linux with glibc, fix malloc's mmap and trim thresholds in the API "
         "process so that large predictions reuse memory instead of faulting in new pages.",
     )
+
+    # Safe on a network (issue 12): keys, hosts, origins, request rates, job quotas.
+    auth: Literal["enabled", "disabled"] = Field(
+        "enabled", description="disabled: no API keys are asked for (local experiments only)."
+    )
+    admin_key: SecretStr | None = Field(
+        None,
+        description="An admin API key to accept (and list as `key_env_admin`); without it the "
+        "first start writes a generated one to <data dir>/admin-key.",
+    )
+    allowed_hosts: list[str] | None = Field(
+        None,
+        description="Host header values served (comma-separated; '*' for any); default: "
+        "localhost, 127.0.0.1, ::1 and GRAFT_HOST. Others get 400.",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins allowed to call the API from a browser (comma-separated); "
+        "none by default, so CORS is off.",
+    )
+    rate_limit_per_second: float = Field(
+        1000.0, ge=0, description="Requests per second per API key and process (0: no limit)."
+    )
+    rate_limit_burst: int = Field(
+        2000, ge=1, description="Requests a key may send at once before the rate applies."
+    )
+    rate_limit_admin: bool = Field(False, description="Apply the rate limit to admin keys too.")
+    max_active_jobs_per_key: int = Field(
+        20, ge=1, description="Queued plus running jobs one API key may have."
+    )
+    max_queued_jobs: int = Field(
+        1000, ge=1, description="Queued jobs the server accepts before answering 429."
+    )
+
+    # Training work bounded before it is queued (app/services/work_estimate.py).
+    max_model_parameters: int = Field(
+        50_000_000, ge=1, description="Most parameters of a model a job may train (422 beyond)."
+    )
+    max_activation_bytes: int = Field(
+        2 * 1024**3,
+        ge=1,
+        description="Most estimated activation memory of one training batch, backward pass "
+        "included (bytes).",
+    )
+    max_training_steps: int = Field(
+        50_000_000,
+        ge=1,
+        description="Most optimizer steps of a job, cross-validation included (422 beyond).",
+    )
+
+    @field_validator("allowed_hosts", "cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def hosts_served(self) -> list[str]:
+        if self.allowed_hosts is not None:
+            return self.allowed_hosts
+        return sorted({"localhost", "127.0.0.1", "::1", self.host})
 
     @property
     def resolved_database_url(self) -> str:

@@ -6,8 +6,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from sqlalchemy.exc import DBAPIError
 
 from app.api import api_router
+from app.api.auth import AuthMiddleware, HostCheckMiddleware, secure_openapi
 from app.api.docs import add_docs
 from app.api.limits import BodyLimitMiddleware
 from app.api.problems import add_exception_handlers
@@ -21,6 +24,7 @@ from app.jobs.worker import LocalWorkerPool
 from app.observability import Metrics, RequestMetricsMiddleware
 from app.observability import router as metrics_router
 from app.services.job_streams import JobEventHub
+from app.services.keys import KeyRing, ensure_admin_keys
 from app.services.predictions import BatchingOptions, PredictionService
 from app.serving.cache import ModelCache
 from app.serving.memory import pin_malloc_thresholds
@@ -37,6 +41,11 @@ dataset with a transfer strategy, keeps every model version, and serves predicti
 3. Transfer: `POST /v1/jobs/fine-tuning` with strategy `parameter`, `feature` or `structure`.
 4. Predict: `POST /v1/models/{name}/predict`.
 
+Every route but liveness, readiness and these docs needs an API key:
+`Authorization: Bearer <key>` (the **Authorize** button above). Scopes: `read` (GET routes),
+`predict`, `train` (uploads, jobs, registry writes), `admin` (everything, including
+`/v1/keys`). The first admin key is `GRAFT_ADMIN_KEY`, or the file `<data dir>/admin-key`.
+
 Errors are RFC 9457 problem details (`application/problem+json`) with a stable `code`.
 """
 
@@ -46,6 +55,7 @@ TAGS = [
     {"name": "models", "description": "The registry: versions, lineage, aliases, weights."},
     {"name": "predictions", "description": "Serve predictions from any version or alias."},
     {"name": "operations", "description": "Liveness, readiness and Prometheus metrics."},
+    {"name": "keys", "description": "API keys and their scopes (admin)."},
     {
         "name": "inference protocol (v2)",
         "description": "The Open Inference Protocol (KServe, Triton): tensors in, tensors out.",
@@ -74,6 +84,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
         app.state.settings = settings
         app.state.database = Database(settings.resolved_database_url)
+        if settings.auth == "enabled":
+            try:
+                ensure_admin_keys(app.state.database, settings)
+            except DBAPIError:
+                log.exception("could not set up the admin key; is the schema migrated?")
+        else:
+            log.warning(
+                "GRAFT_AUTH=disabled: NO API KEYS ARE CHECKED. Anyone who can reach this "
+                "port can upload data, train, move aliases, delete models and download "
+                "weights. Use this only on a machine nobody else can reach."
+            )
+        app.state.keyring = KeyRing(app.state.database)
         app.state.model_cache = ModelCache[Predictor](
             settings.model_cache_size, settings.model_cache_bytes
         )
@@ -116,6 +138,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if settings.executor == "celery":
                 app.state.dispatcher.close()
             app.state.predictions.close()
+            app.state.keyring.close()
             app.state.database.dispose()
 
     app = FastAPI(
@@ -135,6 +158,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         default_limit=settings.max_request_bytes,
         upload_limit=settings.max_upload_bytes,
     )
+    # Outside the body limit: a request without a key is refused before its body is read.
+    app.add_middleware(AuthMiddleware, settings=settings)
+    if settings.cors_origins:
+        # Outside auth, so that browsers' preflight requests (which carry no key) pass.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
+            expose_headers=["Location", "Retry-After", "Idempotent-Replayed", "ETag"],
+        )
+    app.add_middleware(HostCheckMiddleware, settings=settings)
     # Outermost, so that it also counts the 413s the body limit answers itself.
     app.state.metrics = Metrics(app.state)
     app.add_middleware(RequestMetricsMiddleware, metrics=app.state.metrics)
@@ -145,4 +180,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api_router)
     app.include_router(v2_router)
     add_docs(app)
+    secure_openapi(app)
     return app

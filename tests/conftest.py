@@ -10,6 +10,12 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, create_engine, inspect, make_url, text
 
+# The in-process tests exercise features, not the door: auth is off for them, and the
+# TestClient's Host is allowed. tests/api/test_auth.py turns auth on in its own settings, and
+# the real servers of tests/integration start with a clean GRAFT_* environment (auth on).
+os.environ.setdefault("GRAFT_AUTH", "disabled")
+os.environ.setdefault("GRAFT_ALLOWED_HOSTS", "testserver,localhost,127.0.0.1")
+
 from app.config import Settings
 from app.db import migrate
 from app.db.session import Database

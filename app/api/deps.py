@@ -34,6 +34,12 @@ def get_read_session(request: Request) -> Iterator[Session]:
         yield session
 
 
+def get_key_id(request: Request) -> str | None:
+    """The id of the API key the request came with (None when auth is disabled)."""
+    key_id: str | None = request.scope.get("graft.key_id")
+    return key_id
+
+
 def get_settings_dep(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
@@ -46,6 +52,7 @@ def get_model_cache(request: Request) -> ModelCache:
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 ReadSessionDep = Annotated[Session, Depends(get_read_session, scope="function")]
+KeyIdDep = Annotated[str | None, Depends(get_key_id)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 ModelCacheDep = Annotated[ModelCache, Depends(get_model_cache)]
 LimitQuery = Annotated[int, Query(ge=1, le=200, description="Page size.")]

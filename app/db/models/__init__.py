@@ -1,5 +1,6 @@
 """ORM models, one module per table; importing this package registers them all."""
 
+from app.db.models.api_key import ApiKey
 from app.db.models.dataset import Dataset
 from app.db.models.job import Job
 from app.db.models.job_event import JobEvent
@@ -7,4 +8,4 @@ from app.db.models.model_alias import ModelAlias
 from app.db.models.model_version import ModelVersion
 from app.db.models.registered_model import RegisteredModel
 
-__all__ = ["Dataset", "Job", "JobEvent", "ModelAlias", "ModelVersion", "RegisteredModel"]
+__all__ = ["ApiKey", "Dataset", "Job", "JobEvent", "ModelAlias", "ModelVersion", "RegisteredModel"]

@@ -19,5 +19,7 @@ class Dataset(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     origin: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    # The API key that asked for it (None: made with auth disabled, or before keys).
+    created_by: Mapped[str | None] = mapped_column(String(40), index=True)
     # Deferred so that listing datasets never drags their bytes out of the database.
     content: Mapped[bytes] = mapped_column(LargeBinary, deferred=True, deferred_raiseload=True)

@@ -39,3 +39,5 @@ class Job(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
     request_hash: Mapped[str | None] = mapped_column(String(64))
     next_event_seq: Mapped[int] = mapped_column(Integer, default=1)
+    # The API key that asked for it (None: made with auth disabled, or before keys).
+    created_by: Mapped[str | None] = mapped_column(String(40), index=True)

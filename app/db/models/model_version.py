@@ -23,6 +23,8 @@ class ModelVersion(Base):
     model_name: Mapped[str] = mapped_column(ForeignKey("registered_models.name"))
     version: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # The API key that asked for it (None: made with auth disabled, or before keys).
+    created_by: Mapped[str | None] = mapped_column(String(40), index=True)
     job_id: Mapped[str | None] = mapped_column(String(40), index=True)
     kind: Mapped[str] = mapped_column(String(16))
     strategy: Mapped[str | None] = mapped_column(String(32))
