@@ -113,11 +113,13 @@ class Settings(BaseSettings):
         description="Origins allowed to call the API from a browser (comma-separated); "
         "none by default, so CORS is off.",
     )
+    # A guard against a runaway client, above what one process serves of small predictions
+    # (about 2,000/s per core), so that an application's key is not throttled by default.
     rate_limit_per_second: float = Field(
-        1000.0, ge=0, description="Requests per second per API key and process (0: no limit)."
+        5000.0, ge=0, description="Requests per second per API key and process (0: no limit)."
     )
     rate_limit_burst: int = Field(
-        2000, ge=1, description="Requests a key may send at once before the rate applies."
+        10000, ge=1, description="Requests a key may send at once before the rate applies."
     )
     rate_limit_admin: bool = Field(False, description="Apply the rate limit to admin keys too.")
     max_active_jobs_per_key: int = Field(

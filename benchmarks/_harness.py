@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
+# The admin key the benchmarks' servers start with (GRAFT_ADMIN_KEY); every request sends it.
+BENCH_ADMIN_KEY = "graft-benchmark-admin-key-not-a-secret"
 
 
 class Api:
@@ -33,7 +35,9 @@ class Api:
 
     def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         payload = None if body is None else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"} if payload is not None else {}
+        headers = {"Authorization": f"Bearer {BENCH_ADMIN_KEY}"}
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
         try:
             self._conn.request(method, path, body=payload, headers=headers)
             response = self._conn.getresponse()
@@ -159,6 +163,7 @@ def service(
             "GRAFT_WORKERS": str(workers if executor == "local" else 0),
             "GRAFT_EXECUTOR": executor,
             "GRAFT_LOG_LEVEL": "warning",
+            "GRAFT_ADMIN_KEY": BENCH_ADMIN_KEY,
             **(extra_env or {}),
         }
         if database_url:

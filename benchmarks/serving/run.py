@@ -45,9 +45,15 @@ ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 SMALL, LARGE = "bench-small", "bench-large"
 
+# Graft's servers start with this admin key; the measured requests use a `predict` key made
+# through the API (BENCH_KEY), as an application would. The baselines ignore the header.
+ADMIN_KEY = "graft-benchmark-admin-key-not-a-secret"
+_token = {"key": ADMIN_KEY}
+
 LUA = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer " .. os.getenv("BENCH_KEY")
 local file = assert(io.open(os.getenv("BENCH_BODY"), "rb"))
 wrk.body = file:read("*a")
 file:close()
@@ -77,6 +83,7 @@ def _call(
     if payload is not None:
         data = json.dumps(payload).encode()
     request = urllib.request.Request(url, data=data, method=method)
+    request.add_header("Authorization", f"Bearer {_token['key']}")
     if data is not None:
         request.add_header("Content-Type", content_type)
     with urllib.request.urlopen(request, timeout=120) as response:
@@ -170,6 +177,7 @@ def _graft(name: str, data_dir: Path, cpu: str | None, logs: Path, **env: str) -
             "GRAFT_DATA_DIR": str(data_dir),
             "GRAFT_LOG_LEVEL": "warning",
             "GRAFT_WORKERS": "0",
+            "GRAFT_ADMIN_KEY": ADMIN_KEY,
             **env,
         },
         port=port,
@@ -244,7 +252,12 @@ def train_models(work: Path, logs: Path) -> dict[str, Path]:
     subprocess.run(
         [str(Path(PYTHON).parent / "graft"), "migrate"],
         cwd=ROOT,
-        env={**os.environ, "GRAFT_DATA_DIR": str(data_dir), "GRAFT_LOG_LEVEL": "warning"},
+        env={
+            **os.environ,
+            "GRAFT_DATA_DIR": str(data_dir),
+            "GRAFT_LOG_LEVEL": "warning",
+            "GRAFT_ADMIN_KEY": ADMIN_KEY,
+        },
         check=True,
         capture_output=True,
     )
@@ -298,6 +311,9 @@ def train_models(work: Path, logs: Path) -> dict[str, Path]:
             weights = _call("GET", f"{api}/models/{name}/versions/1/weights")
             (folder / "weights.safetensors").write_bytes(weights)
             folders[name] = folder
+        app_key = _call("POST", f"{api}/keys", {"name": "benchmark", "scopes": ["predict"]})
+    # From here on every request, wrk's included, is an application's: a `predict` key.
+    _token["key"] = app_key["secret"]
     return folders
 
 
@@ -372,7 +388,7 @@ def run_wrk(
     cpu_before = _cpu_seconds(server.process.pid)
     completed = subprocess.run(
         command,
-        env={**os.environ, "BENCH_BODY": str(body)},
+        env={**os.environ, "BENCH_BODY": str(body), "BENCH_KEY": _token["key"]},
         capture_output=True,
         text=True,
         timeout=seconds + 60,
