@@ -29,6 +29,9 @@ class DatasetRead(Schema):
     size_bytes: int
     sha256: str
     created_at: datetime
+    created_by: str | None = Field(
+        None, description="The API key that added it (null with auth disabled)."
+    )
 
 
 class BuiltinDatasetCreate(RequestSchema):

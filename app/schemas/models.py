@@ -74,6 +74,9 @@ class ModelVersionRead(Schema):
         description="Memory the version takes once loaded for serving (parameters and buffers)."
     )
     aliases: list[str]
+    created_by: str | None = Field(
+        None, description="The API key whose job made this version (null with auth disabled)."
+    )
     lineage: list[LineageEntry] = Field(
         description="This version, then its parent, grandparent and so on, each with the "
         "datasets it was trained on and their sha256, recorded when it was registered (so it "

@@ -53,6 +53,7 @@ def version_to_read(session: Session, version: ModelVersion) -> ModelVersionRead
             "memory_bytes": version.memory_bytes,
             "aliases": registry_service.aliases_of_version(session, version),
             "lineage": version.lineage,
+            "created_by": version.created_by,
         }
     )
 
