@@ -27,6 +27,21 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(
         16 * 1024 * 1024, gt=0, description="Limit for every other request body."
     )
+    # Bounds on what an upload decodes to, checked while it decodes (422 invalid_upload).
+    max_dataset_rows: int = Field(
+        10_000_000, ge=1, description="Most rows (or images) an uploaded dataset may hold."
+    )
+    max_dataset_columns: int = Field(
+        10_000, ge=1, description="Most columns an uploaded table may have."
+    )
+    max_cell_bytes: int = Field(
+        65_536, ge=1, description="Longest text cell (or column name) of an upload, in bytes."
+    )
+    max_decoded_bytes: int = Field(
+        1024**3,
+        ge=1,
+        description="Memory an upload's decoded table or image arrays may take (bytes).",
+    )
     model_cache_size: int = Field(16, ge=1, description="Loaded model versions kept in memory.")
     host: str = "127.0.0.1"
     port: int = 8000

@@ -1,9 +1,9 @@
 """run_job(job_id): one claimed job from data to a registered version, or a clean failure."""
 
 import logging
+import re
 import threading
 import time
-import traceback
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import select
 
-from app.db.models import Job
+from app.db.models import Job, ModelVersion
 from app.db.session import Database
 from app.enums import EventType, JobKind, JobStatus, Task, VersionKind
 from app.ids import utcnow
@@ -21,6 +21,7 @@ from app.ml import architectures, inputs, serialization, tabular, training
 from app.ml.errors import DataError
 from app.services import datasets as datasets_service
 from app.services import registry as registry_service
+from app.services import work_estimate
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ def _prepare_source(data: inputs.Data, request: dict[str, Any], seed: int) -> _P
     task = Task(request.get("task") or tabular.infer_task(labels))
     feature_spec = inputs.fit_features(data, features)
     target_spec = tabular.fit_target(labels, task)
+    work_estimate.check_fitted(feature_spec, target_spec)  # the caps the estimate assumed
     output_dim = len(target_spec["classes"]) if task == Task.CLASSIFICATION else 1
     architecture = {
         **request["architecture"],
@@ -353,11 +355,13 @@ def run_job(db: Database, job_id: str, context: WorkerContext) -> JobStatus:
         if job.kind == JobKind.SOURCE_TRAINING:
             outcome = _train_source(db, job_id, data, request, reporter)
         else:
+            labels = inputs.labels(data, request["target_column"])
+            _check_fine_tuning_classes(db, job, labels)
             outcome = fine_tuning.run(
                 db,
                 job,
                 data,
-                inputs.labels(data, request["target_column"]),
+                labels,
                 request,
                 on_epoch=reporter,
                 on_batch=reporter.check_deadline,
@@ -375,19 +379,12 @@ def run_job(db: Database, job_id: str, context: WorkerContext) -> JobStatus:
     except (JobTimedOut, DataError) as exc:
         reporter.flush_quietly()
         code = exc.code if isinstance(exc, DataError) else "timeout"
-        return _fail(db, job_id, context, code, str(exc))
+        return _fail(db, job_id, context, code, _without_paths(str(exc)))
     except Exception as exc:
+        # The traceback goes to the worker's log only: the job's message is public.
         log.exception("job %s failed", job_id)
         reporter.flush_quietly()
-        message = f"{type(exc).__name__}: {exc}"
-        return _fail(
-            db,
-            job_id,
-            context,
-            "internal_error",
-            message,
-            detail=message + "\n" + traceback.format_exc(limit=3),
-        )
+        return _fail(db, job_id, context, "internal_error", _internal_error(exc, job_id))
 
     result = outcome.result
     weights = serialization.weights_to_bytes(outcome.draft.model)
@@ -404,8 +401,39 @@ def run_job(db: Database, job_id: str, context: WorkerContext) -> JobStatus:
     except Exception as exc:
         # Without this the job would stay `running` until its heartbeat went stale.
         log.exception("job %s: recording its result failed", job_id)
-        message = f"the model trained but recording it failed: {type(exc).__name__}: {exc}"
+        message = _internal_error(exc, job_id, "the model trained but recording it failed")
         return _fail(db, job_id, context, "internal_error", message)
+
+
+def _internal_error(exc: Exception, job_id: str, what: str = "the job failed") -> str:
+    """A public message for an unexpected exception: its type, never its text or traceback,
+    which may hold server paths, SQL or data (the worker's log has them)."""
+    return (
+        f"{what} because of an internal error ({type(exc).__name__}); the server log has the "
+        f"details under job {job_id}"
+    )
+
+
+# Absolute file system paths (POSIX, or Windows drive paths) in a library's error text.
+_PATH = re.compile(r"(?<![\w.:/~])/(?:[^\s/'\"]+/)+[^\s/'\"),;\]]*|\b[A-Za-z]:\\[^\s'\"),;\]]+")
+
+
+def _without_paths(message: str) -> str:
+    return _PATH.sub("<path>", message)
+
+
+def _check_fine_tuning_classes(db: Database, job: Job, labels: pd.Series) -> None:
+    """The class cap of app/services/work_estimate.py on the base's and the target's classes."""
+    with db.read_scope() as session:
+        signature = session.scalar(
+            select(ModelVersion.signature).where(
+                ModelVersion.model_name == job.base_model_name,
+                ModelVersion.version == job.base_model_version,
+            )
+        )
+    classes = (signature or {}).get("classes")
+    if classes is not None:
+        work_estimate.check_class_count(work_estimate.merged_class_count(classes, labels))
 
 
 def _record_result(
@@ -447,6 +475,7 @@ def _record_result(
             weights=weights,
             job_id=job_id,
             dataset_id=job.dataset_id,
+            created_by=job.created_by,
             task=draft.task,
             signature=draft.signature,
             architecture=draft.architecture,

@@ -8,6 +8,9 @@ from app.schemas.common import MAX_INT32, RequestSchema, Schema
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 ALIAS_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
+# Bounds on what one request may name, so that checking it stays cheap (safe on a network).
+MAX_FEATURE_COLUMNS = 10_000
+FeatureName = Annotated[str, Field(max_length=200)]
 
 
 class Architecture(RequestSchema):
@@ -145,8 +148,12 @@ class SourceTrainingCreate(RequestSchema):
     dataset_id: str
     target_column: str
     model_name: str = Field(pattern=MODEL_NAME_PATTERN)
-    feature_columns: list[str] | None = Field(
-        None, min_length=1, description="Default: every column but the target."
+    feature_columns: list[FeatureName] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_FEATURE_COLUMNS,
+        description=f"Default: every column but the target. At most {MAX_FEATURE_COLUMNS:,} "
+        "names, each at most 200 characters.",
     )
     task: Task | None = Field(None, description="Default: inferred from the target column.")
     architecture: AnyArchitecture = Field(

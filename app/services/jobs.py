@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+from collections import Counter
 from typing import Any
 
 from sqlalchemy import delete, select, update
@@ -15,7 +16,7 @@ from app.ids import new_id, utcnow
 from app.jobs.events import add_event
 from app.schemas.jobs import FineTuningCreate, SourceTrainingCreate
 from app.services import datasets as datasets_service
-from app.services import image_jobs
+from app.services import image_jobs, work_estimate
 from app.services import registry as registry_service
 from app.services.locking import lock_rows
 from app.services.pagination import paginate
@@ -30,12 +31,18 @@ def _columns(dataset: Dataset) -> dict[str, str]:
     return {column["name"]: column["dtype"] for column in dataset.columns}
 
 
+def _names(names: list[str], limit: int = 20) -> str:
+    """A list for a detail message, cut short: a request may name thousands of columns."""
+    shown = repr(names[:limit])
+    return shown if len(names) <= limit else f"{shown[:-1]}, ... ({len(names):,} in all)]"
+
+
 def _require_target(dataset: Dataset, target: str, columns: dict[str, str]) -> None:
     if target not in columns:
         raise Invalid(
             "column_not_found",
             f"target column {target!r} is not in dataset {dataset.id}; "
-            f"its columns are {list(columns)}",
+            f"its columns are {_names(list(columns))}",
         )
 
 
@@ -47,17 +54,17 @@ def _check_source_request(dataset: Dataset, request: SourceTrainingCreate) -> No
     if missing:
         raise Invalid(
             "column_not_found",
-            f"feature column(s) {missing} are not in dataset {dataset.id}; "
-            f"its columns are {list(columns)}",
+            f"feature column(s) {_names(missing)} are not in dataset {dataset.id}; "
+            f"its columns are {_names(list(columns))}",
         )
     if request.target_column in features:
         raise Invalid(
             "invalid_feature_columns",
             f"the target column {request.target_column!r} cannot also be a feature",
         )
-    duplicated = sorted({c for c in features if features.count(c) > 1})
+    duplicated = sorted(c for c, n in Counter(features).items() if n > 1)
     if duplicated:
-        raise Invalid("invalid_feature_columns", f"feature column(s) {duplicated} repeated")
+        raise Invalid("invalid_feature_columns", f"feature column(s) {_names(duplicated)} repeated")
     if not features:
         raise Invalid("invalid_feature_columns", "the dataset has no column besides the target")
     unusable = [f"{c} ({columns[c]})" for c in features if columns[c] not in _FEATURE_DTYPES]
@@ -89,8 +96,8 @@ def _check_fine_tuning_request(
     if missing:
         raise Invalid(
             "feature_mismatch",
-            f"{base.model_name} version {base.version} expects {len(names)} features {names}; "
-            f"dataset {dataset.id} lacks {missing}",
+            f"{base.model_name} version {base.version} expects {len(names)} features "
+            f"{_names(names)}; dataset {dataset.id} lacks {_names(missing)}",
         )
     wrong_type = [
         f"{column['name']} (model: {column['dtype']}, dataset: {columns[column['name']]})"
@@ -100,7 +107,8 @@ def _check_fine_tuning_request(
     if wrong_type:
         raise Invalid(
             "feature_mismatch",
-            f"feature types differ from {base.model_name} version {base.version}: {wrong_type}",
+            f"feature types differ from {base.model_name} version {base.version}: "
+            f"{_names(wrong_type)}",
         )
     if request.target_column in names:
         raise Invalid(
@@ -115,7 +123,7 @@ def _check_fine_tuning_request(
         )
 
 
-def _check_joint_source(session: Session, base: ModelVersion) -> None:
+def _check_joint_source(session: Session, base: ModelVersion) -> Dataset:
     """`joint` trains on the base's own training rows: they must still be there and usable.
 
     The row stays locked (shared) until the job is committed, so a concurrent delete of the
@@ -137,9 +145,10 @@ def _check_joint_source(session: Session, base: ModelVersion) -> None:
     if missing:
         raise Invalid(
             "source_dataset_mismatch",
-            f"strategy joint needs columns {needed} in the source dataset {source.id}; "
-            f"it lacks {missing}",
+            f"strategy joint needs columns {_names(needed)} in the source dataset {source.id}; "
+            f"it lacks {_names(missing)}",
         )
+    return source
 
 
 def _request_hash(kind: JobKind, body: dict[str, Any]) -> str:
@@ -205,7 +214,10 @@ def _insert(
 
 
 def submit_source_training(
-    session: Session, request: SourceTrainingCreate, idempotency_key: str | None = None
+    session: Session,
+    request: SourceTrainingCreate,
+    idempotency_key: str | None = None,
+    limits: work_estimate.Limits | None = None,
 ) -> tuple[Job, bool]:
     """Validate what can be checked now and queue a source-training job.
 
@@ -217,6 +229,8 @@ def submit_source_training(
     request = image_jobs.check_source_request(dataset, request)
     if image_jobs.dataset_image_shape(dataset) is None:
         _check_source_request(dataset, request)
+    estimate = work_estimate.source_training(request, dataset.columns, dataset.rows)
+    work_estimate.check(estimate, limits or work_estimate.Limits())
     return _insert(
         session,
         kind=JobKind.SOURCE_TRAINING,
@@ -228,7 +242,10 @@ def submit_source_training(
 
 
 def submit_fine_tuning(
-    session: Session, request: FineTuningCreate, idempotency_key: str | None = None
+    session: Session,
+    request: FineTuningCreate,
+    idempotency_key: str | None = None,
+    limits: work_estimate.Limits | None = None,
 ) -> tuple[Job, bool]:
     """Resolve and pin the base version, validate the target data, queue the job.
 
@@ -243,8 +260,11 @@ def submit_fine_tuning(
         image_jobs.check_fine_tuning_request(dataset, request, base)
     else:
         _check_fine_tuning_request(dataset, request, base)
+    source_rows = None
     if request.strategy == Strategy.JOINT:
-        _check_joint_source(session, base)
+        source_rows = _check_joint_source(session, base).rows
+    elif request.strategy == Strategy.AUTO:  # auto adds joint while the source rows exist
+        source_rows = session.scalar(select(Dataset.rows).where(Dataset.id == base.dataset_id))
     chooses = request.strategy == Strategy.AUTO or request.target_normalization == "auto"
     if chooses and dataset.rows < MIN_CV_ROWS:
         raise Invalid(
@@ -252,6 +272,10 @@ def submit_fine_tuning(
             f"strategy auto and target_normalization auto choose by cross-validation, which "
             f"needs at least {MIN_CV_ROWS} target rows; dataset {dataset.id} has {dataset.rows}",
         )
+    estimate = work_estimate.fine_tuning(
+        request, base.architecture, base.task, dataset.rows, source_rows
+    )
+    work_estimate.check(estimate, limits or work_estimate.Limits())
     return _insert(
         session,
         kind=JobKind.FINE_TUNING,

@@ -170,7 +170,9 @@ class TestFailures:
         job = client.get(f"/v1/jobs/{job_id}").json()
         assert job["status"] == "failed", job  # not left running until it looks lost
         assert job["error"]["code"] == "internal_error"
-        assert "recording it failed: RuntimeError: disk full" in job["error"]["message"]
+        message = job["error"]["message"]
+        assert "recording it failed because of an internal error (RuntimeError)" in message
+        assert job_id in message and "disk full" not in message  # details stay in the log
         assert job["result"] is None
 
     def test_same_seed_same_weights(self, client: TestClient, database: Database) -> None:

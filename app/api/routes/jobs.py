@@ -6,13 +6,14 @@ from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
-from app.api.deps import AfterQuery, LimitQuery, ReadSessionDep, SessionDep
+from app.api.deps import AfterQuery, LimitQuery, ReadSessionDep, SessionDep, SettingsDep
 from app.db.models import Job
 from app.enums import JobKind, JobStatus
 from app.ids import utcnow
 from app.schemas.common import MAX_INT32, Page, problem_responses
 from app.schemas.jobs import EventRead, FineTuningCreate, JobRead, SourceTrainingCreate
 from app.services import jobs as jobs_service
+from app.services.work_estimate import Limits
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -106,13 +107,16 @@ def _accepted(
 )
 def create_source_training_job(
     session: SessionDep,
+    settings: SettingsDep,
     request: Request,
     response: Response,
     body: SourceTrainingCreate,
     idempotency_key: IdempotencyKey = None,
 ) -> JobRead:
     """Queue a source-training job; a worker trains it and registers a new version."""
-    job, created = jobs_service.submit_source_training(session, body, idempotency_key)
+    job, created = jobs_service.submit_source_training(
+        session, body, idempotency_key, Limits.from_settings(settings)
+    )
     return _accepted(request, session, response, job, created)
 
 
@@ -125,13 +129,16 @@ def create_source_training_job(
 )
 def create_fine_tuning_job(
     session: SessionDep,
+    settings: SettingsDep,
     request: Request,
     response: Response,
     body: FineTuningCreate,
     idempotency_key: IdempotencyKey = None,
 ) -> JobRead:
     """Queue a fine-tuning job: a base version, a target dataset, a strategy (or auto)."""
-    job, created = jobs_service.submit_fine_tuning(session, body, idempotency_key)
+    job, created = jobs_service.submit_fine_tuning(
+        session, body, idempotency_key, Limits.from_settings(settings)
+    )
     return _accepted(request, session, response, job, created)
 
 
