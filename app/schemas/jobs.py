@@ -271,6 +271,9 @@ class JobRead(Schema):
     )
     attempts: int
     cancel_requested: bool
+    created_by: str | None = Field(
+        None, description="The API key that submitted the job (null with auth disabled)."
+    )
 
 
 class EventRead(Schema):

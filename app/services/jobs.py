@@ -3,15 +3,17 @@
 import hashlib
 import json
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.db.models import Dataset, Job, JobEvent, ModelVersion
-from app.enums import EventType, JobKind, JobStatus, Strategy, Task
-from app.errors import Conflict, Invalid, NotFound
+from app.config import Settings
+from app.db.models import ApiKey, Dataset, Job, JobEvent, ModelVersion
+from app.enums import ACTIVE_JOB_STATUSES, EventType, JobKind, JobStatus, Strategy, Task
+from app.errors import Conflict, Invalid, NotFound, TooManyRequests
 from app.ids import new_id, utcnow
 from app.jobs.events import add_event
 from app.schemas.jobs import FineTuningCreate, SourceTrainingCreate
@@ -156,10 +158,66 @@ def _request_hash(kind: JobKind, body: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _replay(session: Session, key: str, digest: str) -> Job | None:
+@dataclass(frozen=True)
+class Caller:
+    """Who submits a job, and the quotas that apply to it (from Settings)."""
+
+    key_id: str | None = None
+    max_active_jobs: int = 20
+    max_queued_jobs: int = 1000
+
+    @classmethod
+    def from_settings(cls, key_id: str | None, settings: Settings) -> "Caller":
+        return cls(key_id, settings.max_active_jobs_per_key, settings.max_queued_jobs)
+
+
+# A full queue drains at the pace of training: retrying sooner than this only adds load.
+_RETRY_AFTER_SECONDS = 30
+
+
+def _check_quotas(session: Session, caller: Caller) -> None:
+    """429 when the caller's key has too many jobs waiting or running, or the queue is full.
+
+    On PostgreSQL the key's row is locked first, so two submissions of one key count one
+    after the other (SQLite writers run one at a time anyway).
+    """
+    if caller.key_id is not None:
+        session.execute(lock_rows(select(ApiKey.id).where(ApiKey.id == caller.key_id), "update"))
+        active = session.scalar(
+            select(func.count())
+            .select_from(Job)
+            .where(Job.created_by == caller.key_id, Job.status.in_(ACTIVE_JOB_STATUSES))
+        )
+        if (active or 0) >= caller.max_active_jobs:
+            raise TooManyRequests(
+                "too_many_active_jobs",
+                f"API key {caller.key_id} has {active} queued or running jobs, the most one key "
+                f"may have (GRAFT_MAX_ACTIVE_JOBS_PER_KEY={caller.max_active_jobs}); wait for "
+                "one to end or cancel one",
+                retry_after=_RETRY_AFTER_SECONDS,
+            )
+    queued = session.scalar(
+        select(func.count()).select_from(Job).where(Job.status == JobStatus.QUEUED)
+    )
+    if (queued or 0) >= caller.max_queued_jobs:
+        raise TooManyRequests(
+            "queue_full",
+            f"{queued} jobs are waiting, as many as the server queues "
+            f"(GRAFT_MAX_QUEUED_JOBS={caller.max_queued_jobs}); retry later",
+            retry_after=_RETRY_AFTER_SECONDS,
+        )
+
+
+def _replay(session: Session, key: str, digest: str, caller: Caller) -> Job | None:
     existing = session.scalar(select(Job).where(Job.idempotency_key == key))
     if existing is None:
         return None
+    if existing.created_by != caller.key_id:
+        # Another API key's job: neither replay it nor say which job it is.
+        raise Invalid(
+            "idempotency_key_reused",
+            f"Idempotency-Key {key!r} was already used by another API key; use a new key",
+        )
     if existing.request_hash != digest:
         raise Invalid(
             "idempotency_key_reused",
@@ -175,13 +233,15 @@ def _insert(
     kind: JobKind,
     body: dict[str, Any],
     idempotency_key: str | None,
+    caller: Caller,
     **columns: Any,
 ) -> tuple[Job, bool]:
     digest = _request_hash(kind, body)
     if idempotency_key is not None:
-        replayed = _replay(session, idempotency_key, digest)
+        replayed = _replay(session, idempotency_key, digest, caller)
         if replayed is not None:
             return replayed, False
+    _check_quotas(session, caller)
     epochs = body["hyperparameters"]["epochs"]
     job = Job(
         id=new_id("job"),
@@ -195,6 +255,7 @@ def _insert(
         cancel_requested=False,
         attempts=0,
         next_event_seq=1,
+        created_by=caller.key_id,
         **columns,
     )
     try:
@@ -205,7 +266,7 @@ def _insert(
         # Another request with the same key won the race; hand back its job.
         if idempotency_key is None:
             raise
-        replayed = _replay(session, idempotency_key, digest)
+        replayed = _replay(session, idempotency_key, digest, caller)
         if replayed is None:
             raise
         return replayed, False
@@ -218,6 +279,7 @@ def submit_source_training(
     request: SourceTrainingCreate,
     idempotency_key: str | None = None,
     limits: work_estimate.Limits | None = None,
+    caller: Caller | None = None,
 ) -> tuple[Job, bool]:
     """Validate what can be checked now and queue a source-training job.
 
@@ -236,6 +298,7 @@ def submit_source_training(
         kind=JobKind.SOURCE_TRAINING,
         body=request.model_dump(mode="json"),
         idempotency_key=idempotency_key,
+        caller=caller or Caller(),
         dataset_id=dataset.id,
         model_name=request.model_name,
     )
@@ -246,6 +309,7 @@ def submit_fine_tuning(
     request: FineTuningCreate,
     idempotency_key: str | None = None,
     limits: work_estimate.Limits | None = None,
+    caller: Caller | None = None,
 ) -> tuple[Job, bool]:
     """Resolve and pin the base version, validate the target data, queue the job.
 
@@ -281,6 +345,7 @@ def submit_fine_tuning(
         kind=JobKind.FINE_TUNING,
         body=request.model_dump(mode="json"),
         idempotency_key=idempotency_key,
+        caller=caller or Caller(),
         dataset_id=dataset.id,
         model_name=request.model_name,
         base_model_name=base.model_name,

@@ -6,7 +6,14 @@ from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
-from app.api.deps import AfterQuery, LimitQuery, ReadSessionDep, SessionDep, SettingsDep
+from app.api.deps import (
+    AfterQuery,
+    KeyIdDep,
+    LimitQuery,
+    ReadSessionDep,
+    SessionDep,
+    SettingsDep,
+)
 from app.db.models import Job
 from app.enums import JobKind, JobStatus
 from app.ids import utcnow
@@ -68,6 +75,7 @@ def to_read(job: Job) -> JobRead:
             "error": error,
             "attempts": job.attempts,
             "cancel_requested": job.cancel_requested,
+            "created_by": job.created_by,
             "base_model": None
             if job.base_model_name is None
             else {"name": job.base_model_name, "version": job.base_model_version},
@@ -108,6 +116,7 @@ def _accepted(
 def create_source_training_job(
     session: SessionDep,
     settings: SettingsDep,
+    key_id: KeyIdDep,
     request: Request,
     response: Response,
     body: SourceTrainingCreate,
@@ -115,7 +124,11 @@ def create_source_training_job(
 ) -> JobRead:
     """Queue a source-training job; a worker trains it and registers a new version."""
     job, created = jobs_service.submit_source_training(
-        session, body, idempotency_key, Limits.from_settings(settings)
+        session,
+        body,
+        idempotency_key,
+        Limits.from_settings(settings),
+        jobs_service.Caller.from_settings(key_id, settings),
     )
     return _accepted(request, session, response, job, created)
 
@@ -130,6 +143,7 @@ def create_source_training_job(
 def create_fine_tuning_job(
     session: SessionDep,
     settings: SettingsDep,
+    key_id: KeyIdDep,
     request: Request,
     response: Response,
     body: FineTuningCreate,
@@ -137,7 +151,11 @@ def create_fine_tuning_job(
 ) -> JobRead:
     """Queue a fine-tuning job: a base version, a target dataset, a strategy (or auto)."""
     job, created = jobs_service.submit_fine_tuning(
-        session, body, idempotency_key, Limits.from_settings(settings)
+        session,
+        body,
+        idempotency_key,
+        Limits.from_settings(settings),
+        jobs_service.Caller.from_settings(key_id, settings),
     )
     return _accepted(request, session, response, job, created)
 
