@@ -9,6 +9,7 @@ the strategies treat them like any other feature matrix.
 import io
 import math
 import zipfile
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,14 +17,23 @@ import numpy as np
 import pandas as pd
 
 from app.ml.errors import DataError
-from app.ml.frames import column_dtype, load_builtin
+from app.ml.frames import (
+    CHUNK_BYTES,
+    BoundExceeded,
+    DecodeLimits,
+    Source,
+    as_stream,
+    column_dtype,
+    load_builtin,
+)
 
 IMAGE_COLUMN = "image"
 LABEL_COLUMN = "y"
 MAX_CHANNELS = 16
 MAX_SIDE = 1024
-# Compressed archives can expand far beyond the upload limit; this bounds what one decodes to.
-MAX_DECODED_BYTES = 1024 * 1024 * 1024
+# What an archive may decode to is DecodeLimits.max_decoded_bytes (GRAFT_MAX_DECODED_BYTES for
+# uploads). This optional ceiling lowers it further for every archive; None: no extra ceiling.
+MAX_DECODED_BYTES: int | None = None
 
 _NUMERIC_KINDS = "biuf"
 _LABEL_KINDS = "biufU"
@@ -52,37 +62,58 @@ class ImageSet:
         ]
 
 
-def read_npz(data: bytes) -> ImageSet:
-    """Decode and validate an .npz archive; DataError says what is wrong and what was expected."""
-    if not data:
+def read_npz(source: Source, limits: DecodeLimits | None = None) -> ImageSet:
+    """Decode and validate an .npz archive; DataError says what is wrong and what was expected.
+
+    Bounded before anything is allocated: the zip directory's sizes of X, y and classes, then
+    each array's .npy header (shape and dtype) against `limits` (default: DecodeLimits()).
+    """
+    stream = as_stream(source)
+    limits = limits or DecodeLimits()
+    budget = limits.max_decoded_bytes
+    if MAX_DECODED_BYTES is not None:
+        budget = min(budget, MAX_DECODED_BYTES)
+    stream.seek(0)
+    head = stream.read(8)
+    if not head:
         raise DataError("the file is empty", code="empty_file")
-    buffer = io.BytesIO(data)
-    if not zipfile.is_zipfile(buffer):
-        hint = " (it is a single .npy array)" if data.startswith(b"\x93NUMPY") else ""
+    stream.seek(0)
+    if not zipfile.is_zipfile(stream):
+        hint = " (it is a single .npy array)" if head.startswith(b"\x93NUMPY") else ""
         raise DataError(f"not an .npz archive{hint}; expected np.savez(file, X=images, y=labels)")
+    stream.seek(0)
     try:
-        with zipfile.ZipFile(buffer) as archive:
-            sizes = {info.filename: info.file_size for info in archive.infolist()}
-    except (zipfile.BadZipFile, OSError) as exc:
+        archive = zipfile.ZipFile(stream)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
         raise DataError(f"not a readable .npz archive ({exc}); is it truncated?") from exc
-    keys = sorted(name.removesuffix(".npy") for name in sizes)
-    missing = [key for key in ("X", "y") if f"{key}.npy" not in sizes]
-    if missing:
-        raise DataError(
-            f"the archive lacks {missing}; it holds {keys}, expected X (images) and y (labels)"
-        )
-    decoded = sum(sizes.get(f"{key}.npy", 0) for key in ("X", "y", "classes"))
-    if decoded > MAX_DECODED_BYTES:
-        raise DataError(
-            f"X and y decode to {decoded} bytes, over the limit of {MAX_DECODED_BYTES}",
-            code="too_large",
-        )
-    x = _load_member(buffer, "X")
-    y = _load_member(buffer, "y")
-    classes = _load_member(buffer, "classes") if "classes.npy" in sizes else None
+    with archive:
+        members = {info.filename: info for info in archive.infolist()}
+        keys = sorted(name.removesuffix(".npy") for name in members)
+        missing = [key for key in ("X", "y") if f"{key}.npy" not in members]
+        if missing:
+            raise DataError(
+                f"the archive lacks {missing}; it holds {keys[:20]}, "
+                "expected X (images) and y (labels)"
+            )
+        wanted = [key for key in ("X", "y", "classes") if f"{key}.npy" in members]
+        decoded = sum(max(members[f"{key}.npy"].file_size, 0) for key in wanted)
+        if decoded > budget:
+            raise BoundExceeded(
+                f"X and y decode to {decoded} bytes, over the limit of {budget}",
+                "max_decoded_bytes",
+            )
+        x = _load_member(archive, members["X.npy"], "X", limits, budget)
+        budget -= x.nbytes + 4 * x.size  # X and its float32 copy
+        y = _load_member(archive, members["y.npy"], "y", limits, budget)
+        budget -= y.nbytes
+        classes = None
+        if "classes.npy" in members:
+            classes = _load_member(archive, members["classes.npy"], "classes", limits, budget)
+    stored_dtype = str(x.dtype)
     images = _images(x)
+    del x
     labels = _labels(y, len(images), classes)
-    return ImageSet(images=images, labels=labels, stored_dtype=str(x.dtype))
+    return ImageSet(images=images, labels=labels, stored_dtype=stored_dtype)
 
 
 def to_npz_bytes(image_set: ImageSet, classes: list[Any] | None = None) -> bytes:
@@ -216,20 +247,105 @@ def _shape_text(shape: Any) -> str:
     return "x".join(str(int(side)) for side in shape)
 
 
-def _load_member(buffer: io.BytesIO, key: str) -> np.ndarray:
-    buffer.seek(0)
+def _load_member(
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, limits: DecodeLimits, budget: int
+) -> np.ndarray:
+    """One array of the archive, allocated only once its header's shape and dtype fit `budget`."""
     try:
-        with np.load(buffer, allow_pickle=False) as archive:
-            return np.asarray(archive[key])
-    except ValueError as exc:
-        if "pickle" in str(exc):
-            raise DataError(
-                f"{key} is an array of Python objects, which needs pickle and is refused; "
-                "save numbers (or labels as a NumPy string array, e.g. np.array(labels, dtype=str))"
-            ) from exc
-        raise DataError(f"{key} is not a readable NumPy array ({exc})") from exc
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        with archive.open(info) as member:
+            shape, fortran_order, dtype = _npy_header(member, key)
+            count = math.prod(shape)  # Python ints: a crafted shape cannot overflow
+            nbytes = count * dtype.itemsize
+            if key in ("X", "y") and shape and shape[0] > limits.max_dataset_rows:
+                raise BoundExceeded(
+                    f"{key} holds {shape[0]} rows, over the limit of {limits.max_dataset_rows}",
+                    "max_dataset_rows",
+                )
+            # X is also kept as float32 images: both copies live at once while it converts.
+            needed = nbytes + (4 * count if key == "X" else 0)
+            if needed > budget:
+                copies = " with its float32 copy" if key == "X" else ""
+                raise BoundExceeded(
+                    f"{key} declares shape {_shape_text(shape) or '()'} of {dtype}, "
+                    f"{needed} bytes{copies}, over the limit of {max(budget, 0)}",
+                    "max_decoded_bytes",
+                )
+            available = info.file_size - member.tell()
+            if nbytes > available:
+                raise DataError(
+                    f"{key} declares shape {_shape_text(shape) or '()'} of {dtype} ({nbytes} "
+                    f"bytes) but holds {max(available, 0)}; is it truncated?"
+                )
+            data = bytearray(nbytes)
+            view = memoryview(data)
+            filled = 0
+            while filled < nbytes:
+                piece = member.read(min(CHUNK_BYTES, nbytes - filled))
+                if not piece:
+                    raise DataError(
+                        f"{key} ends after {filled} of {nbytes} bytes; is it truncated?"
+                    )
+                view[filled : filled + len(piece)] = piece
+                filled += len(piece)
+    except DataError:
+        raise
+    except (
+        zipfile.BadZipFile,
+        zlib.error,
+        OSError,
+        EOFError,
+        ValueError,
+        NotImplementedError,  # a compression method zipfile lacks
+        RuntimeError,  # an encrypted member
+    ) as exc:
         raise DataError(f"{key} is not a readable NumPy array ({exc}); is it truncated?") from exc
+    array = np.frombuffer(data, dtype=dtype, count=count) if count else np.empty(0, dtype=dtype)
+    array = array.reshape(shape, order="F" if fortran_order else "C")
+    _check_text_cells(array, key, limits.max_cell_bytes)
+    return array
+
+
+def _npy_header(member: Any, key: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """The shape, Fortran order and dtype of a .npy stream, read from its header alone."""
+    try:
+        version = np.lib.format.read_magic(member)
+        if version == (1, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(member)
+        elif version == (2, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(member)
+        else:
+            raise DataError(
+                f"{key} is a version {version[0]}.{version[1]} .npy file; "
+                "expected version 1.0 or 2.0, as np.savez writes for numbers and labels"
+            )
+    except (ValueError, SyntaxError, TypeError) as exc:
+        raise DataError(f"{key} is not a readable NumPy array ({exc})") from exc
+    if dtype.hasobject:
+        raise DataError(
+            f"{key} is an array of Python objects, which needs pickle and is refused; "
+            "save numbers (or labels as a NumPy string array, e.g. np.array(labels, dtype=str))"
+        )
+    if any(side < 0 for side in shape):
+        raise DataError(f"{key} declares the shape {shape}; sides cannot be negative")
+    if dtype.itemsize == 0:
+        raise DataError(f"{key} holds values of {dtype}, which take no bytes; expected numbers")
+    return tuple(int(side) for side in shape), bool(fortran_order), dtype
+
+
+def _check_text_cells(array: np.ndarray, key: str, limit: int) -> None:
+    """BoundExceeded for a text label longer than `limit` UTF-8 bytes."""
+    # A str element of itemsize bytes holds itemsize/4 characters, at most 4 bytes each.
+    if array.dtype.kind != "U" or array.dtype.itemsize <= limit:
+        return
+    flat = array.reshape(-1)
+    lengths = np.char.str_len(flat)
+    for index in np.flatnonzero(lengths.astype(np.int64) * 4 > limit):
+        size = len(str(flat[index]).encode("utf-8", "surrogatepass"))
+        if size > limit:
+            raise BoundExceeded(
+                f"{key}[{int(index)}] is a label of {size} bytes, over the limit of {limit}",
+                "max_cell_bytes",
+            )
 
 
 def _images(x: np.ndarray) -> np.ndarray:

@@ -1,22 +1,44 @@
 """Dataset use cases: uploads, scikit-learn imports, schema inference, deletion."""
 
 import hashlib
+import logging
+import unicodedata
 from pathlib import PurePath
-from typing import Any
+from typing import Any, BinaryIO
 
 import pandas as pd
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, undefer
 
+from app.config import Settings
 from app.db.models import Dataset, Job
 from app.enums import ACTIVE_JOB_STATUSES, DatasetFormat
 from app.errors import Conflict, Invalid, NotFound, UnsupportedMediaType
 from app.ids import new_id, utcnow
 from app.ml import frames, images
 from app.ml.errors import DataError
+from app.ml.frames import BoundExceeded, DecodeLimits
 from app.schemas.datasets import BuiltinDatasetCreate
 from app.services.locking import lock_rows
 from app.services.pagination import paginate
+
+log = logging.getLogger(__name__)
+
+MAX_FILENAME_CHARS = 200
+_HASH_CHUNK = 1 << 20
+_FORMAT_NAMES = {
+    DatasetFormat.CSV: "CSV",
+    DatasetFormat.PARQUET: "Parquet",
+    DatasetFormat.JSONL: "JSON Lines",
+    DatasetFormat.NPZ: "an .npz archive",
+}
+# The DecodeLimits fields that uploads take from settings: a refusal names the variable.
+_LIMIT_SETTINGS = (
+    "max_dataset_rows",
+    "max_dataset_columns",
+    "max_cell_bytes",
+    "max_decoded_bytes",
+)
 
 _EXTENSIONS = {
     ".csv": DatasetFormat.CSV,
@@ -53,10 +75,37 @@ def detect_format(filename: str | None, content_type: str | None) -> DatasetForm
     )
 
 
+def clean_filename(filename: str | None) -> str:
+    """The client's file name, safe to store and to show: no directories (`../../etc/passwd`
+    is `passwd`), no control or invisible format characters, at most 200 characters (the
+    extension kept), and `upload` when nothing is left."""
+    text = "".join(
+        char for char in filename or "" if unicodedata.category(char) not in ("Cc", "Cf", "Cs")
+    )
+    text = text.replace("\\", "/").rsplit("/", 1)[-1].strip()
+    if text in (".", ".."):
+        text = ""
+    if len(text) > MAX_FILENAME_CHARS:
+        suffix = PurePath(text).suffix
+        if len(suffix) > 20:
+            suffix = ""
+        text = text[: len(text) - len(suffix)][: MAX_FILENAME_CHARS - len(suffix)] + suffix
+    return text or "upload"
+
+
+def upload_limits(settings: Settings) -> DecodeLimits:
+    """The bounds an upload is decoded under (GRAFT_MAX_DATASET_ROWS, ...)."""
+    return DecodeLimits(**{field: getattr(settings, field) for field in _LIMIT_SETTINGS})
+
+
 def _describe(data: pd.DataFrame | images.ImageSet) -> list[dict[str, Any]]:
     if isinstance(data, images.ImageSet):
         return data.columns()
     return [{"name": str(name), "dtype": frames.column_dtype(data[name])} for name in data]
+
+
+def _row_count(data: pd.DataFrame | images.ImageSet) -> int:
+    return len(data.labels) if isinstance(data, images.ImageSet) else len(data)
 
 
 def _store(
@@ -67,17 +116,44 @@ def _store(
     content: bytes,
     frame: pd.DataFrame | images.ImageSet,
     origin: dict,
+    created_by: str | None,
+) -> Dataset:
+    return _insert(
+        session,
+        created_by=created_by,
+        name=name,
+        fmt=fmt,
+        content=content,
+        rows=_row_count(frame),
+        columns=_describe(frame),
+        origin=origin,
+        sha256=hashlib.sha256(content).hexdigest(),
+    )
+
+
+def _insert(
+    session: Session,
+    *,
+    name: str,
+    fmt: str,
+    content: bytes,
+    rows: int,
+    columns: list[dict[str, Any]],
+    origin: dict,
+    sha256: str,
+    created_by: str | None,
 ) -> Dataset:
     dataset = Dataset(
         id=new_id("ds"),
         name=name,
         format=fmt,
-        rows=len(frame.labels) if isinstance(frame, images.ImageSet) else len(frame),
-        columns=_describe(frame),
+        rows=rows,
+        columns=columns,
         size_bytes=len(content),
-        sha256=hashlib.sha256(content).hexdigest(),
+        sha256=sha256,
         origin=origin,
         created_at=utcnow(),
+        created_by=created_by,
         content=content,
     )
     session.add(dataset)
@@ -90,29 +166,74 @@ def create_from_upload(
     *,
     filename: str | None,
     content_type: str | None,
-    content: bytes,
+    file: BinaryIO | bytes,
     name: str | None,
+    settings: Settings,
+    created_by: str | None = None,
 ) -> Dataset:
-    """Parse and store an uploaded file; the bytes are kept exactly as sent."""
-    fmt = detect_format(filename, content_type)
-    try:
-        frame = _read(content, fmt)
-    except DataError as exc:
-        raise Invalid("invalid_upload", f"{filename or 'upload'}: {exc}") from exc
-    return _store(
+    """Parse and store an uploaded file; the bytes are kept exactly as sent.
+
+    `file` is the upload's (spooled) file object: it is hashed in chunks, decoded from the
+    file under the settings' bounds (a file over one is refused while it decodes), and read
+    whole only once the decoded data is gone, to be stored.
+    """
+    shown = clean_filename(filename)
+    fmt = detect_format(shown if filename else None, content_type)
+    stream = frames.as_stream(file)
+    sha256 = _sha256(stream)
+    data = _decode_upload(stream, fmt, shown, upload_limits(settings))
+    rows, columns = _row_count(data), _describe(data)
+    del data
+    stream.seek(0)
+    content = stream.read()
+    return _insert(
         session,
-        name=name or PurePath(filename or "upload").stem or "upload",
+        name=name or PurePath(shown).stem or "upload",
         fmt=fmt,
         content=content,
-        frame=frame,
-        origin={"type": "upload", "filename": filename},
+        rows=rows,
+        columns=columns,
+        origin={"type": "upload", "filename": shown},
+        sha256=sha256,
+        created_by=created_by,
     )
 
 
-def create_builtin(session: Session, request: BuiltinDatasetCreate) -> Dataset:
+def _sha256(stream: BinaryIO) -> str:
+    digest = hashlib.sha256()
+    stream.seek(0)
+    while chunk := stream.read(_HASH_CHUNK):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _decode_upload(
+    stream: BinaryIO, fmt: DatasetFormat, shown: str, limits: DecodeLimits
+) -> pd.DataFrame | images.ImageSet:
+    """The upload decoded; 422 invalid_upload naming the file, and the bound and its setting
+    when one is exceeded. Anything unexpected is logged here and answered generically."""
+    try:
+        return _read(stream, fmt, limits)
+    except DataError as exc:
+        detail = f"{shown}: {exc}"
+        if isinstance(exc, BoundExceeded) and exc.bound in _LIMIT_SETTINGS:
+            detail += f" (GRAFT_{exc.bound.upper()})"
+        raise Invalid("invalid_upload", detail) from exc
+    except Exception:
+        log.exception("decoding the upload %r as %s failed", shown, fmt)
+        raise Invalid(
+            "invalid_upload",
+            f"{shown}: the file could not be read as {_FORMAT_NAMES.get(fmt, fmt)}; it may be "
+            "damaged or use a feature Graft does not read",
+        ) from None
+
+
+def create_builtin(
+    session: Session, request: BuiltinDatasetCreate, created_by: str | None = None
+) -> Dataset:
     """Import a scikit-learn dataset (optionally shuffled, optionally a row range)."""
     if request.as_images:
-        return _create_builtin_images(session, request)
+        return _create_builtin_images(session, request, created_by)
     try:
         frame = frames.load_builtin(request.name, request.start, request.stop, request.shuffle_seed)
     except DataError as exc:
@@ -125,10 +246,13 @@ def create_builtin(session: Session, request: BuiltinDatasetCreate) -> Dataset:
         content=frames.to_parquet_bytes(frame),
         frame=frame,
         origin={"type": "builtin", **request.model_dump()},
+        created_by=created_by,
     )
 
 
-def _create_builtin_images(session: Session, request: BuiltinDatasetCreate) -> Dataset:
+def _create_builtin_images(
+    session: Session, request: BuiltinDatasetCreate, created_by: str | None
+) -> Dataset:
     try:
         image_set, classes = images.load_builtin_images(
             request.name, request.start, request.stop, request.shuffle_seed
@@ -142,6 +266,7 @@ def _create_builtin_images(session: Session, request: BuiltinDatasetCreate) -> D
         content=images.to_npz_bytes(image_set, classes),
         frame=image_set,
         origin={"type": "builtin", **request.model_dump()},
+        created_by=created_by,
     )
 
 
@@ -210,7 +335,11 @@ def load_data(session: Session, dataset_id: str) -> pd.DataFrame | images.ImageS
     return _read(dataset.content, dataset.format)
 
 
-def _read(content: bytes, fmt: str) -> pd.DataFrame | images.ImageSet:
+def _read(
+    content: frames.Source, fmt: str, limits: DecodeLimits | None = None
+) -> pd.DataFrame | images.ImageSet:
+    """Decode a file; without `limits`, a stored dataset's (checked when it was uploaded)."""
+    limits = limits or DecodeLimits.generous()
     if fmt == DatasetFormat.NPZ:
-        return images.read_npz(content)
-    return frames.read_frame(content, fmt)
+        return images.read_npz(content, limits)
+    return frames.read_frame(content, fmt, limits)

@@ -2,7 +2,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Response, UploadFile, status
 
-from app.api.deps import AfterQuery, LimitQuery, ReadSessionDep, SessionDep
+from app.api.deps import AfterQuery, KeyIdDep, LimitQuery, ReadSessionDep, SessionDep, SettingsDep
 from app.schemas.common import Page, problem_responses
 from app.schemas.datasets import BuiltinDatasetCreate, DatasetRead
 from app.services import datasets as datasets_service
@@ -19,19 +19,27 @@ router = APIRouter(prefix="/datasets", tags=["datasets"])
 )
 def create_dataset(
     session: SessionDep,
+    settings: SettingsDep,
+    key_id: KeyIdDep,
     file: Annotated[
         UploadFile, File(description="A CSV, Parquet or JSON Lines file, or NumPy images (.npz).")
     ],
     name: Annotated[str | None, Form(max_length=200)] = None,
 ) -> DatasetRead:
-    """Upload a CSV, Parquet or JSON Lines table, or an .npz of images (X, y); shows its schema."""
-    content = file.file.read()
+    """Upload a CSV, Parquet or JSON Lines table, or an .npz of images (X, y); shows its schema.
+
+    The decoded data is bounded (GRAFT_MAX_DATASET_ROWS, GRAFT_MAX_DATASET_COLUMNS,
+    GRAFT_MAX_CELL_BYTES, GRAFT_MAX_DECODED_BYTES): a file over a bound is refused with 422.
+    """
+    # A sync route: the upload is parsed on the thread pool, from its spooled file.
     dataset = datasets_service.create_from_upload(
         session,
         filename=file.filename,
         content_type=file.content_type,
-        content=content,
+        file=file.file,
         name=name,
+        settings=settings,
+        created_by=key_id,
     )
     return DatasetRead.model_validate(dataset)
 
@@ -43,9 +51,11 @@ def create_dataset(
     summary="Import a scikit-learn dataset",
     responses=problem_responses(422),
 )
-def create_builtin_dataset(session: SessionDep, body: BuiltinDatasetCreate) -> DatasetRead:
+def create_builtin_dataset(
+    session: SessionDep, body: BuiltinDatasetCreate, key_id: KeyIdDep
+) -> DatasetRead:
     """Import iris, wine, breast_cancer, digits or diabetes, optionally shuffled and sliced."""
-    return DatasetRead.model_validate(datasets_service.create_builtin(session, body))
+    return DatasetRead.model_validate(datasets_service.create_builtin(session, body, key_id))
 
 
 @router.get("", response_model=Page[DatasetRead], summary="List datasets")
