@@ -319,3 +319,59 @@ class TestOpenAPI:
         assert paths["/v1/models/{name}/predict"]["post"]["x-required-scope"] == "predict"
         assert paths["/v1/keys"]["post"]["x-required-scope"] == "admin"
         assert paths["/v1/datasets"]["post"]["x-required-scope"] == "train"
+
+
+class TestJobQuotas:
+    def _job(self, client: TestClient, secret: str, dataset_id: str, **headers: str) -> Any:
+        return client.post(
+            "/v1/jobs/source-training",
+            json={
+                "dataset_id": dataset_id,
+                "target_column": "target",
+                "model_name": "m",
+                "hyperparameters": {"epochs": 2},
+            },
+            headers={**bearer(secret), **headers},
+        )
+
+    def test_active_jobs_per_key_and_the_queue_bound(self, auth_settings: Settings) -> None:
+        bounded = auth_settings.model_copy(
+            update={"max_active_jobs_per_key": 2, "max_queued_jobs": 3}
+        )
+        with TestClient(create_app(bounded)) as client:
+            first, second = make_key(client, "train"), make_key(client, "train")
+            dataset = client.post(
+                "/v1/datasets/builtin", json={"name": "iris"}, headers=bearer(first["secret"])
+            ).json()
+            assert dataset["created_by"] == first["id"]
+            jobs = [self._job(client, first["secret"], dataset["id"]) for _ in range(2)]
+            assert [j.status_code for j in jobs] == [202, 202]
+            assert jobs[0].json()["created_by"] == first["id"]
+            over = self._job(client, first["secret"], dataset["id"])
+            problem = assert_problem(over, 429, "too_many_active_jobs")
+            assert "GRAFT_MAX_ACTIVE_JOBS_PER_KEY=2" in problem["detail"]
+            assert int(over.headers["retry-after"]) > 0
+            assert self._job(client, second["secret"], dataset["id"]).status_code == 202
+            full = self._job(client, second["secret"], dataset["id"])
+            assert "GRAFT_MAX_QUEUED_JOBS=3" in assert_problem(full, 429, "queue_full")["detail"]
+            # An ended job frees its slot.
+            cancel = client.post(
+                f"/v1/jobs/{jobs[0].json()['id']}/cancel", headers=bearer(first["secret"])
+            )
+            assert cancel.status_code == 202
+            assert self._job(client, first["secret"], dataset["id"]).status_code == 202
+
+    def test_an_idempotency_key_belongs_to_the_api_key_that_used_it(
+        self, app_client: TestClient
+    ) -> None:
+        first, second = make_key(app_client, "train"), make_key(app_client, "train")
+        dataset = app_client.post(
+            "/v1/datasets/builtin", json={"name": "iris"}, headers=bearer(ADMIN)
+        ).json()
+        once = self._job(app_client, first["secret"], dataset["id"], **{"Idempotency-Key": "k1"})
+        again = self._job(app_client, first["secret"], dataset["id"], **{"Idempotency-Key": "k1"})
+        assert once.status_code == again.status_code == 202
+        assert again.headers["idempotent-replayed"] == "true"
+        stolen = self._job(app_client, second["secret"], dataset["id"], **{"Idempotency-Key": "k1"})
+        problem = assert_problem(stolen, 422, "idempotency_key_reused")
+        assert once.json()["id"] not in problem["detail"]
