@@ -109,6 +109,23 @@ class Settings(BaseSettings):
         "process so that large predictions reuse memory instead of faulting in new pages.",
     )
 
+    # One client cannot stall everyone (issue 12): rows per prediction, open event streams.
+    max_predict_rows: int = Field(
+        100_000,
+        ge=1,
+        description="Most rows (instances, records or a tensor's batch dimension) in one "
+        "prediction request, /v1 and /v2 (413 too_many_rows beyond).",
+    )
+    max_streams: int = Field(
+        1000, ge=1, description="Open job event streams (SSE) per API process (429 beyond)."
+    )
+    max_streams_per_key: int = Field(
+        10,
+        ge=1,
+        description="Open job event streams (SSE) per API key and process (429 beyond); not "
+        "applied when auth is disabled (requests carry no key).",
+    )
+
     # Safe on a network (issue 12): keys, hosts, origins, request rates, job quotas.
     auth: Literal["enabled", "disabled"] = Field(
         "enabled", description="disabled: no API keys are asked for (local experiments only)."

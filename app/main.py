@@ -108,12 +108,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 max_wait_ms=settings.batch_max_wait_ms,
                 inline_max_work=settings.batch_inline_max_work,
             ),
+            max_rows=settings.max_predict_rows,
         )
         app.state.predictions.on_pass = app.state.metrics.record_batch
         app.state.event_hub = JobEventHub(
             app.state.database,
             poll_seconds=settings.events_poll_seconds,
             keepalive_seconds=settings.events_keepalive_seconds,
+            max_streams=settings.max_streams,
+            max_streams_per_key=settings.max_streams_per_key,
         )
         app.state.worker_pool = None
         app.state.dispatcher = None

@@ -10,6 +10,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.errors import AppError
+from app.schemas.predictions import nested_too_deeply
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,8 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         detail = f"{request.method} is not allowed on {request.url.path}"
     elif exc.status_code == 400 and "parsing the body" in detail:
         code, detail = "malformed_body", "the request body could not be parsed"
+        if isinstance(exc.__cause__, RecursionError):  # json.loads on deeply nested JSON
+            detail = nested_too_deeply().detail
     return problem_response(
         exc.status_code,
         code,

@@ -243,8 +243,8 @@ class TestBulkBodies:
 
         taken: list[bool] = []
 
-        def spy(body: bytes) -> object:
-            matrix = dense_instances(body)
+        def spy(body: bytes, max_rows: int | None = None) -> object:
+            matrix = dense_instances(body, max_rows)
             taken.append(matrix is not None)
             return matrix
 

@@ -216,7 +216,7 @@ _EVENT_STREAM = "text/event-stream"
     response_model=Page[EventRead],
     summary="List or stream a job's events",
     responses={
-        **problem_responses(404),
+        **problem_responses(404, 429),
         200: {
             "description": "A page of events (JSON), or with `Accept: text/event-stream` a "
             "live Server-Sent Events stream that ends after the job's final status event.",
@@ -246,13 +246,18 @@ def list_job_events(
 
     With `Accept: text/event-stream` the response is a live stream instead: each event as
     `id: <seq>`, `event: <type>`, `data: <the event as JSON>`, comments as keep-alives, and
-    the stream closes after the event with the job's final status.
+    the stream closes after the event with the job's final status. Open streams are
+    bounded per API key and per process (429 too_many_streams, with Retry-After).
     """
     if _EVENT_STREAM in request.headers.get("accept", ""):
         jobs_service.get(session, job_id)
         resume_after = last_event_id if last_event_id is not None else (after or 0)
+        hub = request.app.state.event_hub
+        # The key the auth middleware found; None with auth disabled (process bound only).
+        slot = hub.reserve(request.scope.get("graft.key_id"))
+        # The session above closes when this function returns: the stream holds none.
         return StreamingResponse(
-            request.app.state.event_hub.stream(job_id, resume_after),
+            hub.stream(job_id, resume_after, slot),
             media_type=_EVENT_STREAM,
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )

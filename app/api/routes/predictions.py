@@ -1,6 +1,8 @@
+import asyncio
 import time
 from typing import Any
 
+import numpy as np
 import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.routing import APIRoute
@@ -12,11 +14,28 @@ from app.api.problems import problem_response
 from app.errors import AppError, Invalid, UnsupportedMediaType
 from app.observability import Metrics
 from app.schemas.common import MAX_INT32, problem_responses
-from app.schemas.predictions import PredictRequest, PredictResponse, parse_predict_body
+from app.schemas.predictions import (
+    PredictBody,
+    PredictRequest,
+    PredictResponse,
+    parse_large_predict_body,
+    parse_predict_body,
+    too_many_rows,
+)
 from app.services.predictions import Prediction, PredictionService, ResolvedVersion
-from app.serving.dense import dense_instances
+from app.serving.dense import TooManyRows, dense_instances
 
 router = APIRouter(prefix="/models", tags=["predictions"])
+
+# Bodies over this size are parsed, checked, encoded and answered on a worker thread, in
+# steps that each hold the GIL for a few milliseconds (see parse_large_predict_body), so
+# that one large request cannot stall the event loop and every other request with it
+# (parsing 16 MiB of rows at once held it for half a second). Below it the work is a few
+# milliseconds at most and the thread's hand-offs would cost more than they spare: small
+# requests, the hot path, stay on the loop.
+OFF_LOOP_BODY_BYTES = 256 * 1024
+# Values of the response encoded per step when it is built off the loop.
+_ENCODE_STEP_VALUES = 32_768
 
 # The endpoint takes the raw request (see predict), so its parameters and body are
 # documented here rather than inferred from its signature.
@@ -71,33 +90,67 @@ async def handle_predict(request: Request, name: str) -> Response:
     version, alias = _selector(request.scope["query_string"])
     _require_json(request.headers.get("content-type"))
     raw = await request.body()
-    # A large all-numbers body goes to a matrix without Python objects (see dense_instances).
-    matrix = dense_instances(raw)
-    body = parse_predict_body(raw) if matrix is None else None
     service: PredictionService = request.app.state.predictions
+    max_rows = service.max_rows
+    large = len(raw) > OFF_LOOP_BODY_BYTES
+    if large:
+        matrix, body = await asyncio.to_thread(_parsed, raw, max_rows, True)
+    else:
+        matrix, body = _parsed(raw, max_rows, False)
     resolved = await service.resolve(name, version=version, alias=alias)
     # For request metrics by model version (see PredictFastLane).
     request.scope.setdefault("state", {})["model_version"] = resolved
     result = None
     if matrix is not None:
-        result = await service.predict_matrix(resolved, matrix)
+        result = await service.predict_matrix(resolved, matrix, off_loop=large)
         rows = len(matrix)
     if result is None:
         if body is None:  # the version wants to check the rows one by one
-            body = parse_predict_body(raw)
+            if large:
+                body = await asyncio.to_thread(parse_large_predict_body, raw, max_rows)
+            else:
+                body = parse_predict_body(raw, max_rows)
+        if large:  # 25 ms for 16 MiB
+            booleans = await asyncio.to_thread(_booleans_possible, raw)
+        else:
+            booleans = _booleans_possible(raw)
         result = await service.predict(
             resolved,
             instances=body.instances,
             records=body.records,
-            booleans_possible=b"true" in raw or b"false" in raw,
+            booleans_possible=booleans,
+            off_loop=large,
         )
-        rows = len(body.instances if body.instances is not None else body.records or [])
+        rows = body.rows
     metrics: Metrics | None = getattr(request.app.state, "metrics", None)
     if metrics is not None:
         metrics.observe_prediction(
             resolved.name, resolved.version, rows, time.perf_counter() - started
         )
-    return Response(_encode(resolved, result), media_type="application/json")
+    if large:
+        content = await asyncio.to_thread(_encode_in_steps, resolved, result)
+    else:
+        content = _encode(resolved, result)
+    return Response(content, media_type="application/json")
+
+
+def _parsed(
+    raw: bytes, max_rows: int | None, large: bool
+) -> tuple[np.ndarray | None, PredictBody | None]:
+    """The body as a matrix (a bulk body of numbers) or as parsed rows; one of the two.
+
+    413 too_many_rows for more than `max_rows` rows, counted before the rows are copied.
+    """
+    # A large all-numbers body goes to a matrix without Python objects (see dense_instances).
+    try:
+        matrix = dense_instances(raw, max_rows)
+    except TooManyRows as exc:
+        raise too_many_rows(exc.rows, exc.limit) from None
+    if matrix is not None:
+        return matrix, None
+    if large:
+        return None, parse_large_predict_body(raw, max_rows)
+    return None, parse_predict_body(raw, max_rows)
 
 
 class PredictFastLane:
@@ -216,3 +269,35 @@ def _encode(resolved: ResolvedVersion, result: Prediction) -> bytes:
         body["classes"] = result.classes
         body["probabilities"] = result.probabilities
     return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _booleans_possible(raw: bytes) -> bool:
+    return b"true" in raw or b"false" in raw
+
+
+def _encode_in_steps(resolved: ResolvedVersion, result: Prediction) -> bytes:
+    """_encode's bytes, with the long arrays written a step at a time.
+
+    One orjson call for a million probabilities holds the GIL for a quarter of a second;
+    steps of _ENCODE_STEP_VALUES let the event loop run in between.
+    """
+    model = orjson.dumps({"name": resolved.name, "version": resolved.version})
+    parts = [b'{"model":', model, b',"predictions":', _array_in_steps(result.predictions)]
+    if result.classes is not None:
+        classes = orjson.dumps(result.classes, option=orjson.OPT_SERIALIZE_NUMPY)
+        parts += [b',"classes":', classes, b',"probabilities":']
+        parts.append(_array_in_steps(result.probabilities))
+    parts.append(b"}")
+    return b"".join(parts)
+
+
+def _array_in_steps(values: Any) -> bytes:
+    if values is None:
+        return b"null"
+    width = int(np.prod(values.shape[1:])) if isinstance(values, np.ndarray) else 1
+    step = max(1, _ENCODE_STEP_VALUES // max(1, width))
+    pieces = [
+        orjson.dumps(values[start : start + step], option=orjson.OPT_SERIALIZE_NUMPY)[1:-1]
+        for start in range(0, len(values), step)
+    ]
+    return b"[" + b",".join(pieces) + b"]"

@@ -30,6 +30,9 @@ PREDICTIONS = "predictions"
 PROBABILITIES = "probabilities"
 PLATFORM = "pytorch"
 _SIGNATURE_DATATYPES = {"int64": "INT64", "float64": "FP64", "bool": "BOOL"}
+# Tensors become Python rows this many values at a time: one tolist() of millions of values
+# holds the GIL for a tenth of a second, and the event loop cannot run meanwhile.
+_STEP_VALUES = 32_768
 
 
 @dataclass(frozen=True)
@@ -142,8 +145,24 @@ def _rows_from_images(tensors: list[Tensor], name: str, shape: list[int]) -> lis
         )
     if given[0] == 0:
         raise V2Error(400, "no rows: the batch dimension is 0")
-    rows: list[list[Any]] = _plain(tensor.values).reshape(given[0], -1).tolist()
-    return rows
+    return _rows(_plain(tensor.values).reshape(given[0], -1))
+
+
+def matrix_for(version: ModelVersion, tensors: list[Tensor]) -> np.ndarray | None:
+    """The rows as a float64 (N, F) matrix when they come as the matrix input of a tabular
+    version whose features are all numeric; None otherwise (rows_for then reads them, and
+    says what is wrong). The same values rows_for gives, without a Python object each."""
+    if image_shape(version) is not None or len(tensors) != 1:
+        return None
+    features = features_of(version)
+    tensor = tensors[0]
+    if tensor.name != MATRIX_INPUT or {f.name for f in features} == {MATRIX_INPUT}:
+        return None
+    if tensor.datatype == "BYTES" or not all(f.numeric for f in features):
+        return None
+    if len(tensor.shape) != 2 or tensor.shape[1] != len(features) or tensor.shape[0] == 0:
+        return None
+    return _plain(tensor.values).astype(np.float64)
 
 
 def rows_from_tensors(tensors: list[Tensor], features: list[Feature]) -> list[list[Any]]:
@@ -191,8 +210,7 @@ def _rows_from_matrix(tensor: Tensor, features: list[Feature]) -> list[list[Any]
         )
     if tensor.shape[0] == 0:
         raise V2Error(400, "no rows: the batch dimension is 0")
-    rows: list[list[Any]] = _plain(tensor.values).tolist()
-    return rows
+    return _rows(_plain(tensor.values))
 
 
 def _rows_from_columns(given: dict[str, Tensor], features: list[Feature]) -> list[list[Any]]:
@@ -228,6 +246,15 @@ def _rows_from_columns(given: dict[str, Tensor], features: list[Feature]) -> lis
     if not count:
         raise V2Error(400, "no rows: the batch dimension is 0")
     return [list(row) for row in zip(*columns, strict=True)]
+
+
+def _rows(matrix: np.ndarray) -> list[list[Any]]:
+    """matrix.tolist(), a step of rows at a time."""
+    step = max(1, _STEP_VALUES // max(1, matrix[0].size if len(matrix) else 1))
+    rows: list[list[Any]] = []
+    for start in range(0, len(matrix), step):
+        rows.extend(matrix[start : start + step].tolist())
+    return rows
 
 
 def _plain(values: np.ndarray) -> np.ndarray:

@@ -5,6 +5,7 @@ A model name without a version means the version /v1 would use: alias `productio
 the latest. Errors are `{"error": "..."}` (see errors.py).
 """
 
+import asyncio
 import time
 import zlib
 from typing import Annotated, Any
@@ -15,9 +16,10 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from starlette.responses import Response
 
+from app.api.routes.predictions import OFF_LOOP_BODY_BYTES
 from app.api.v2 import mapping
 from app.api.v2.errors import V2Error
-from app.api.v2.tensors import decode_request, encode_response
+from app.api.v2.tensors import DecodedRequest, Tensor, decode_request, encode_response
 from app.db import migrate
 from app.db.models import ModelVersion
 from app.errors import AppError, NotFound
@@ -33,6 +35,7 @@ from app.schemas.v2 import (
     ServerReady,
 )
 from app.services import inference
+from app.services.predictions import Prediction, PredictionService, ResolvedVersion
 
 router = APIRouter(prefix="/v2", tags=["inference protocol (v2)"])
 
@@ -220,31 +223,52 @@ def _find(state: Any, name: str, version: str | None) -> ModelVersion:
 
 
 async def _infer(request: Request, body: bytes, name: str, version: str | None) -> Response:
+    """Large bodies (over OFF_LOOP_BODY_BYTES once inflated, as for /v1) are decoded,
+    checked, predicted and encoded on worker threads, in steps that each hold the GIL
+    briefly, so that one of them cannot stall the event loop."""
     state = request.app.state
-    body = _decompressed(body, request.headers.get("content-encoding"), state)
-    decoded = decode_request(body, _header_length(request))
+    encoding = request.headers.get("content-encoding")
+    if encoding is not None and encoding.strip().lower() not in ("", "identity"):
+        # Inflating is cheap to ask for and may take a while: never on the loop.
+        body = await asyncio.to_thread(_decompressed, body, encoding, state)
+    header_length = _header_length(request)
+    service: PredictionService = state.predictions
+    large = len(body) > OFF_LOOP_BODY_BYTES
+    decoded = await _decoded(body, header_length, service.max_rows, large)
     header = decoded.header
     started = time.perf_counter()
     found = await run_in_threadpool(_find, state, name, version)
-    rows = mapping.rows_for(found, decoded.inputs)
-    wanted, binary = _selected_outputs(header, mapping.output_names(found))
     try:
-        result = await inference.predict_rows(state.predictions, found, rows)
+        if large:
+            wanted, binary = _selected_outputs(header, mapping.output_names(found))
+            prediction, rows = await _predict_large(service, found, decoded.inputs)
+            result = {
+                "model": {"name": found.model_name, "version": found.version},
+                **prediction.as_dict(),
+            }
+        else:
+            batch = mapping.rows_for(found, decoded.inputs)
+            wanted, binary = _selected_outputs(header, mapping.output_names(found))
+            result = await inference.predict_rows(service, found, batch)
+            rows = len(batch)
     except AppError as exc:
         raise V2Error(400 if exc.status_code == 422 else exc.status_code, exc.detail) from exc
     elapsed = time.perf_counter() - started
     metrics = getattr(state, "metrics", None)
     if metrics is not None:
-        metrics.observe_prediction(found.model_name, found.version, len(rows), elapsed)
-    outputs = [o for o in mapping.outputs_from_prediction(found, result) if o.name in wanted]
-    outputs.sort(key=lambda o: wanted.index(o.name))
+        metrics.observe_prediction(found.model_name, found.version, rows, elapsed)
     response_header: dict[str, Any] = {
         "model_name": found.model_name,
         "model_version": str(found.version),
     }
     if header.id is not None:
         response_header["id"] = header.id
-    content, json_length = encode_response(response_header, outputs, binary)
+    if large:
+        content, json_length = await asyncio.to_thread(
+            _response, found, result, wanted, binary, response_header, True
+        )
+    else:
+        content, json_length = _response(found, result, wanted, binary, response_header, False)
     if json_length is None:
         return Response(content, media_type="application/json")
     return Response(
@@ -252,6 +276,47 @@ async def _infer(request: Request, body: bytes, name: str, version: str | None) 
         media_type="application/octet-stream",
         headers={"Inference-Header-Content-Length": str(json_length)},
     )
+
+
+def _response(
+    found: ModelVersion,
+    result: dict[str, Any],
+    wanted: list[str],
+    binary: set[str],
+    response_header: dict[str, Any],
+    steps: bool,
+) -> tuple[bytes, int | None]:
+    outputs = [o for o in mapping.outputs_from_prediction(found, result) if o.name in wanted]
+    outputs.sort(key=lambda o: wanted.index(o.name))
+    return encode_response(response_header, outputs, binary, steps=steps)
+
+
+async def _decoded(
+    body: bytes, header_length: int | None, max_rows: int | None, large: bool
+) -> DecodedRequest:
+    if large:
+        return await asyncio.to_thread(decode_request, body, header_length, max_rows)
+    return decode_request(body, header_length, max_rows)
+
+
+async def _predict_large(
+    service: PredictionService, found: ModelVersion, tensors: list[Tensor]
+) -> tuple[Prediction, int]:
+    """inference.predict_rows for a large request: through the same PredictionService,
+    with the rows checked and encoded off the event loop, and a numeric matrix passed as
+    one array rather than as rows of Python numbers."""
+    resolved = ResolvedVersion(id=found.id, name=found.model_name, version=found.version)
+    matrix = await asyncio.to_thread(mapping.matrix_for, found, tensors)
+    if matrix is not None:
+        prediction = await service.predict_matrix(resolved, matrix, off_loop=True)
+        if prediction is not None:
+            return prediction, len(matrix)
+    rows = await asyncio.to_thread(mapping.rows_for, found, tensors)
+    # Tensors carry no JSON booleans (a BOOL tensor arrives as 0 and 1).
+    prediction = await service.predict(
+        resolved, instances=rows, booleans_possible=False, off_loop=True
+    )
+    return prediction, len(rows)
 
 
 def _header_length(request: Request) -> int | None:

@@ -6,15 +6,16 @@ row-major; a BYTES tensor is each element's 4-byte little-endian length, then it
 """
 
 import json
-import math
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
+import simdjson
 from pydantic import ValidationError
 
 from app.api.v2.errors import V2Error
+from app.schemas.predictions import nested_too_deeply, too_many_rows
 from app.schemas.v2 import InferenceRequest, RequestInput
 
 NUMERIC_DTYPES: dict[str, np.dtype[Any]] = {
@@ -36,6 +37,21 @@ NUMERIC_DTYPES: dict[str, np.dtype[Any]] = {
 _JSON_KINDS = {"BOOL": "b", "INT": "iu", "UINT": "iu", "FP": "iuf"}
 _LENGTH = struct.Struct("<I")
 
+# No model takes more than 4 dimensions (N, C, H, W); NumPy stops at 64. Shapes are checked,
+# with Python's integers, before anything is allocated or reshaped.
+MAX_RANK = 16
+INT64_MAX = 2**63 - 1
+# JSON headers over this size are parsed by simdjson and their numeric data copied out in C
+# (see _from_document), not turned into a Python object per value: Python's parser holds
+# the GIL for the whole document, half a second for 16 MiB, and nothing else runs meanwhile.
+LARGE_HEADER_BYTES = 256 * 1024
+_AS_BUFFER: dict[str, tuple[Literal["d", "i", "u"], type[np.generic]]] = {
+    "FP": ("d", np.float64),
+    "INT": ("i", np.int64),
+    "UINT": ("u", np.uint64),
+}
+_NOT_STRUCTURE = bytes(byte for byte in range(256) if byte not in b"[],")
+
 
 @dataclass
 class Tensor:
@@ -52,8 +68,14 @@ class DecodedRequest:
     inputs: list[Tensor]
 
 
-def decode_request(body: bytes, header_length: int | None) -> DecodedRequest:
-    """The JSON header and every input tensor of an infer body."""
+def decode_request(
+    body: bytes, header_length: int | None, max_rows: int | None = None
+) -> DecodedRequest:
+    """The JSON header and every input tensor of an infer body.
+
+    V2Error 400 for a body that does not decode, 413 for a tensor whose batch dimension
+    (the first of its shape) is over `max_rows`, checked before its data is read.
+    """
     if header_length is None:
         header_bytes, binary = body, b""
     else:
@@ -64,14 +86,17 @@ def decode_request(body: bytes, header_length: int | None) -> DecodedRequest:
                 f"{len(body)} bytes",
             )
         header_bytes, binary = body[:header_length], body[header_length:]
-    try:
-        document = json.loads(header_bytes)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise V2Error(400, f"the request is not valid JSON: {exc}") from exc
+    document = _parse_header(header_bytes)
     try:
         header = InferenceRequest.model_validate(document)
     except ValidationError as exc:
         raise V2Error(400, f"the request is not a valid inference request: {_errors(exc)}") from exc
+    for spec in header.inputs:
+        _element_count(spec)
+        if max_rows is not None and spec.shape and spec.shape[0] > max_rows:
+            raise V2Error(
+                413, f"input {spec.name!r}: {too_many_rows(spec.shape[0], max_rows).detail}"
+            )
     offset = 0
     tensors = []
     seen: set[str] = set()
@@ -104,6 +129,99 @@ def decode_request(body: bytes, header_length: int | None) -> DecodedRequest:
     return DecodedRequest(header=header, inputs=tensors)
 
 
+def _parse_header(header: bytes) -> Any:
+    """The JSON header as Python objects; in a large header, each input's `data` array
+    stays a simdjson.Array (read by _from_document)."""
+    if len(header) > LARGE_HEADER_BYTES:
+        try:
+            parsed = simdjson.Parser().parse(header)
+        except (ValueError, RuntimeError):
+            pass  # invalid JSON, NaN, a number beyond 64 bits: Python's parser says what
+        else:
+            header = _header_objects(parsed)
+            if header is not None:
+                return header
+    try:
+        return json.loads(header)
+    except RecursionError as exc:
+        raise V2Error(400, nested_too_deeply().detail) from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise V2Error(400, f"the request is not valid JSON: {exc}") from exc
+
+
+def _header_objects(document: Any) -> Any:
+    """None for a document whose objects repeat a key (Python's parser keeps the last)."""
+    if isinstance(document, simdjson.Array):
+        return []  # not an object: refused as such, whatever it holds
+    if not isinstance(document, simdjson.Object):
+        return document
+    keys = list(document)
+    if len(set(keys)) != len(keys):
+        return None
+    header: dict[str, Any] = {}
+    for key in keys:
+        value = document[key]
+        if key == "inputs" and isinstance(value, simdjson.Array):
+            inputs = [_input_objects(item) for item in value]
+            if any(item is None for item in inputs):
+                return None
+            header[key] = inputs
+        else:
+            header[key] = _python(value)
+    return header
+
+
+def _input_objects(item: Any) -> Any:
+    if not isinstance(item, simdjson.Object):
+        return _python(item)
+    keys = list(item)
+    if len(set(keys)) != len(keys):
+        return None
+    spec: dict[str, Any] = {}
+    for key in keys:
+        value = item[key]
+        keep = key == "data" and isinstance(value, simdjson.Array)
+        spec[key] = value if keep else _python(value)
+    return spec
+
+
+def _python(value: Any) -> Any:
+    if isinstance(value, simdjson.Array):
+        return value.as_list()
+    if isinstance(value, simdjson.Object):
+        return value.as_dict()
+    return value
+
+
+def _element_count(spec: RequestInput) -> int:
+    """The number of elements `spec.shape` declares; V2Error 400 for an absurd shape."""
+    shape = spec.shape
+    if len(shape) > MAX_RANK:
+        raise V2Error(
+            400,
+            f"input {spec.name!r} has a shape of {len(shape)} dimensions; at most {MAX_RANK} "
+            "are accepted",
+        )
+    count = 1
+    nonzero = 1
+    for dim in shape:  # each >= 0 (the request schema)
+        if dim > INT64_MAX:
+            raise V2Error(
+                400,
+                f"input {spec.name!r} has shape {shape}: dimension {dim} is over the int64 "
+                f"maximum {INT64_MAX}",
+            )
+        count *= dim
+        nonzero *= max(dim, 1)
+    if nonzero > INT64_MAX:
+        raise V2Error(
+            400,
+            f"input {spec.name!r} has shape {shape}, {nonzero} elements, which overflows "
+            f"int64 (at most {INT64_MAX})",
+        )
+    return count
+
+
 def _errors(exc: ValidationError) -> str:
     shown = []
     for error in exc.errors()[:5]:
@@ -115,9 +233,14 @@ def _errors(exc: ValidationError) -> str:
 def _from_json(spec: RequestInput) -> Tensor:
     if spec.data is None:
         raise V2Error(400, f"input {spec.name!r} has no data (nor parameters.binary_data_size)")
+    count = _element_count(spec)
+    if isinstance(spec.data, simdjson.Array):
+        values = _from_document(spec, spec.data)
+        if values is not None:
+            return _shaped(spec, values, count)
+        spec.data = [_python(item) for item in spec.data]  # the checks below say what is wrong
     if not isinstance(spec.data, list):
         raise V2Error(400, f"input {spec.name!r}: data must be a list of values")
-    count = math.prod(spec.shape)
     if spec.datatype == "BYTES":
         flat = _flatten(spec.data)
         for value in flat:
@@ -145,6 +268,10 @@ def _from_json(spec: RequestInput) -> Tensor:
         if values.size and dtype.kind in "iu" and not _fits(values, dtype):
             raise V2Error(400, f"input {spec.name!r}: a value is out of range for {spec.datatype}")
         values = values.astype(dtype).reshape(-1)
+    return _shaped(spec, values, count)
+
+
+def _shaped(spec: RequestInput, values: np.ndarray, count: int) -> Tensor:
     if values.size != count:
         raise V2Error(
             400,
@@ -152,6 +279,54 @@ def _from_json(spec: RequestInput) -> Tensor:
             f"{values.size}",
         )
     return Tensor(spec.name, spec.datatype, tuple(spec.shape), values.reshape(spec.shape))
+
+
+def _from_document(spec: RequestInput, data: simdjson.Array) -> np.ndarray | None:
+    """The flat values of a numeric input's data in a large header, copied out by simdjson.
+
+    None when the data needs a closer look (booleans, a value of another type, a number
+    that does not fit 64 bits): the Python path then decodes it with its own errors. Data
+    nested irregularly is refused here as there.
+    """
+    family = spec.datatype.rstrip("0123456789")
+    if family not in _AS_BUFFER:
+        return None
+    kind, read = _AS_BUFFER[family]
+    try:
+        values = np.frombuffer(data.as_buffer(of_type=kind), dtype=read)
+    except (ValueError, TypeError):
+        return None
+    minified = cast(bytes, data.mini)  # bytes, whatever the stubs say
+    if not _regular(minified.translate(None, _NOT_STRUCTURE)):
+        raise V2Error(400, f"input {spec.name!r}: data is not a regular (rectangular) array")
+    dtype = NUMERIC_DTYPES[spec.datatype]
+    if values.size and dtype.kind in "iu" and not _fits(values, dtype):
+        raise V2Error(400, f"input {spec.name!r}: a value is out of range for {spec.datatype}")
+    return values.astype(dtype)
+
+
+def _regular(structure: bytes) -> bool:
+    """Whether the brackets and commas of a nested array of numbers spell a regular array.
+
+    The dimensions are read off the first element at each level, then the structure such
+    an array would have is built and compared (as app/serving/dense.py checks rows).
+    """
+    depth = len(structure) - len(structure.lstrip(b"["))
+    dims = []
+    segment = structure
+    for level in range(depth - 1):
+        closing = b"]" * (depth - level - 1)
+        end = segment.find(closing, 1)
+        if end < 0:
+            return False
+        child = segment[1 : end + len(closing)]
+        dims.append((len(segment) - 1) // (len(child) + 1))
+        segment = child
+    dims.append(0 if segment == b"[]" else segment.count(b",") + 1)
+    expected = b"[" + b"," * (dims[-1] - 1) + b"]" if dims[-1] else b"[]"
+    for size in reversed(dims[:-1]):
+        expected = b"[" + b",".join([expected] * size) + b"]"
+    return expected == structure
 
 
 def _fits(values: np.ndarray, dtype: np.dtype[Any]) -> bool:
@@ -191,7 +366,7 @@ def _first_mismatch(values: np.ndarray, allowed: str) -> Any:
 
 
 def _from_binary(spec: RequestInput, chunk: bytes) -> Tensor:
-    count = math.prod(spec.shape)
+    count = _element_count(spec)
     if spec.datatype == "BYTES":
         items = _split_bytes(chunk, spec.name)
         if len(items) != count:
@@ -240,9 +415,13 @@ class OutputTensor:
 
 
 def encode_response(
-    header: dict[str, Any], outputs: list[OutputTensor], binary: set[str]
+    header: dict[str, Any], outputs: list[OutputTensor], binary: set[str], *, steps: bool = False
 ) -> tuple[bytes, int | None]:
-    """The response body, and the JSON header's length when binary tensors follow it."""
+    """The response body, and the JSON header's length when binary tensors follow it.
+
+    `steps=True` (large responses, built off the event loop) writes each output's JSON
+    data a step of values at a time, the same bytes without holding the GIL throughout.
+    """
     described = []
     chunks = []
     for output in outputs:
@@ -255,13 +434,47 @@ def encode_response(
             raw = _to_bytes(output)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
-        else:
+        elif not steps:
             entry["data"] = output.values.reshape(-1).tolist()
         described.append(entry)
-    document = json.dumps({**header, "outputs": described}, separators=(",", ":")).encode()
+    if steps:
+        document = _document_in_steps(header, described, outputs, binary).encode()
+    else:
+        document = json.dumps({**header, "outputs": described}, separators=_SEPARATORS).encode()
     if not chunks:
         return document, None
     return b"".join([document, *chunks]), len(document)
+
+
+_SEPARATORS = (",", ":")
+_STEP_VALUES = 32_768
+
+
+def _document_in_steps(
+    header: dict[str, Any],
+    described: list[dict[str, Any]],
+    outputs: list[OutputTensor],
+    binary: set[str],
+) -> str:
+    """json.dumps({**header, "outputs": [...]}) with each entry's data written in steps."""
+    opening = json.dumps({**header, "outputs": []}, separators=_SEPARATORS)
+    assert opening.endswith("[]}")
+    parts = [opening[: -len("[]}")], "["]
+    for index, (entry, output) in enumerate(zip(described, outputs, strict=True)):
+        if index:
+            parts.append(",")
+        text = json.dumps(entry, separators=_SEPARATORS)
+        if output.name in binary:
+            parts.append(text)
+            continue
+        flat = output.values.reshape(-1)
+        pieces = [
+            json.dumps(flat[start : start + _STEP_VALUES].tolist(), separators=_SEPARATORS)[1:-1]
+            for start in range(0, len(flat), _STEP_VALUES)
+        ]
+        parts += [text[:-1], ',"data":[', ",".join(pieces), "]}"]
+    parts.append("]}")
+    return "".join(parts)
 
 
 def _to_bytes(output: OutputTensor) -> bytes:
