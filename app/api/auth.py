@@ -79,6 +79,7 @@ class AuthMiddleware:
         self.burst = float(settings.rate_limit_burst)
         self.limit_admin = settings.rate_limit_admin
         self._buckets: dict[str, _Bucket] = {}
+        self._keyring: KeyRing | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -96,8 +97,8 @@ class AuthMiddleware:
         await self.app(scope, receive, send)
 
     def _check(self, scope: Scope, needed: str) -> Any:
-        secret = _bearer(scope)
-        if secret is None:
+        header = _authorization(scope)
+        if header is None:
             return _refuse(
                 scope,
                 401,
@@ -105,13 +106,16 @@ class AuthMiddleware:
                 "this route needs an API key: send Authorization: Bearer <key> (the first "
                 "admin key is GRAFT_ADMIN_KEY or the file <data dir>/admin-key)",
             )
-        keyring: KeyRing = scope["app"].state.keyring
-        key = keyring.lookup(secret)
+        keyring = self._keyring
+        if keyring is None:
+            keyring = self._keyring = scope["app"].state.keyring
+        key = keyring.lookup_header(header)
         if key is None:
             return _refuse(scope, 401, "invalid_key", "the API key is not known to this server")
         if key.revoked:
             return _refuse(scope, 401, "key_revoked", f"API key {key.id} has been revoked")
-        if key.expires_at is not None and key.expires_at.timestamp() <= time.time():
+        if key.expires_ts <= time.time():
+            assert key.expires_at is not None
             return _refuse(
                 scope,
                 401,
@@ -128,7 +132,7 @@ class AuthMiddleware:
             )
         wait = self._spend(key)
         if wait > 0:
-            response = problem_response(
+            return problem_response(
                 429,
                 "rate_limited",
                 "Too many requests",
@@ -137,7 +141,6 @@ class AuthMiddleware:
                 f"{wait:.2f} s",
                 headers={"Retry-After": str(max(1, math.ceil(wait)))},
             )
-            return response
         scope[KEY_ID] = key.id
         return None
 
@@ -157,12 +160,10 @@ class AuthMiddleware:
         return (1.0 - bucket.tokens) / self.rate
 
 
-def _bearer(scope: Scope) -> str | None:
+def _authorization(scope: Scope) -> bytes | None:
     for name, value in scope["headers"]:
         if name == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            token = token.strip()
-            return token if scheme.lower() == "bearer" and token else None
+            return value
     return None
 
 
@@ -180,13 +181,21 @@ class HostCheckMiddleware:
         hosts = settings.hosts_served
         self.any_host = "*" in hosts
         self.hosts = frozenset(h.lower().strip("[]") for h in hosts)
+        # Raw Host header values already found allowed: the common case is one bytes lookup.
+        self._seen: set[bytes] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.any_host or scope["type"] != "http" or scope["path"] in _ANY_HOST_PATHS:
             await self.app(scope, receive, send)
             return
-        host = _host(scope)
+        raw = _raw_host(scope)
+        if raw in self._seen:
+            await self.app(scope, receive, send)
+            return
+        host = _host(raw)
         if host in self.hosts:
+            if len(self._seen) < 64:  # only allowed values, so a handful at most
+                self._seen.add(raw)
             await self.app(scope, receive, send)
             return
         response = problem_response(
@@ -199,14 +208,18 @@ class HostCheckMiddleware:
         await response(scope, receive, send)
 
 
-def _host(scope: Scope) -> str:
+def _raw_host(scope: Scope) -> bytes:
     for name, value in scope["headers"]:
         if name == b"host":
-            host = value.decode("latin-1").lower()
-            if host.startswith("["):  # [::1]:8000
-                return host[1:].partition("]")[0]
-            return host.rpartition(":")[0] if host.count(":") == 1 else host
-    return ""
+            return value
+    return b""
+
+
+def _host(raw: bytes) -> str:
+    host = raw.decode("latin-1").lower()
+    if host.startswith("["):  # [::1]:8000
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
 
 
 def secure_openapi(app: FastAPI) -> None:

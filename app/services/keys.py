@@ -2,14 +2,17 @@
 
 Every API process keeps all keys in a `KeyRing` (a dict from hash to key), so a request's
 check is one hash and one lookup, never a query. A create or revoke in any process reaches
-the others before their next request: on SQLite the writer replaces a small marker file
-beside the database, which each check compares with one `stat`; on PostgreSQL the writer's
-transaction sends `NOTIFY graft_keys`, which a listener thread in every process receives.
+the others before their next request: on SQLite the writer stores a new value in an 8-byte
+counter file beside the database, which every process has memory-mapped, so each check
+compares 8 bytes without a system call; on PostgreSQL the writer's transaction sends
+`NOTIFY graft_keys`, which a listener thread in every process receives.
 """
 
 import contextlib
 import hashlib
 import logging
+import math
+import mmap
 import os
 import secrets
 import threading
@@ -41,6 +44,8 @@ _CHANNEL = "graft_keys"
 # last_used_at is written at most this often per key: a write per request would cost more
 # than the request.
 _LAST_USED_EVERY_SECONDS = 60.0
+# Header values remembered for the hot path (see KeyRing.lookup_header).
+_MAX_REMEMBERED = 10_000
 
 
 def hash_secret(secret: str) -> str:
@@ -64,6 +69,10 @@ class KeyRecord:
 
     def allows(self, scope: str) -> bool:
         return "admin" in self.scopes or scope in self.scopes
+
+    @property
+    def expires_ts(self) -> float:
+        return math.inf if self.expires_at is None else self.expires_at.timestamp()
 
 
 def _record(row: ApiKey) -> KeyRecord:
@@ -210,15 +219,18 @@ class KeyRing:
     def __init__(self, database: Database) -> None:
         self._database = database
         self._by_hash: dict[str, KeyRecord] = {}
+        self._by_header: dict[bytes, KeyRecord] = {}
         self._lock = threading.Lock()
         self._marker = _marker_path(database)
-        self._marker_seen: tuple[int, int] | None = None
-        self._stale = threading.Event()
+        self._counter = None if self._marker is None else _map_counter(self._marker)
+        self._counter_seen = b""
+        # Set by the PostgreSQL listener thread; a plain attribute, read on every request.
+        self._stale = False
         self._closing = threading.Event()
         self._listener: threading.Thread | None = None
         self._last_used: dict[str, float] = {}
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="graft-key-use")
-        if self._marker is None and database.engine.dialect.name == "postgresql":
+        if self._counter is None and database.engine.dialect.name == "postgresql":
             self._listener = threading.Thread(target=self._listen, name="keys", daemon=True)
             self._listener.start()
         try:
@@ -226,7 +238,7 @@ class KeyRing:
         except DBAPIError:
             # An unmigrated or unreachable database: /readyz says so; retried per request.
             log.error("could not load the API keys; every key check fails until it can")
-            self._stale.set()
+            self._stale = True
 
     def lookup(self, secret: str) -> KeyRecord | None:
         """The key whose secret this is (revoked or expired ones too), or None."""
@@ -236,20 +248,45 @@ class KeyRing:
             self._note_use(found.id)
         return found
 
+    def lookup_header(self, value: bytes) -> KeyRecord | None:
+        """`lookup` for a raw `Authorization: Bearer <secret>` header value.
+
+        The hot path: a header seen before maps straight to its key (a known key only, and
+        at most _MAX_REMEMBERED of them, so random keys cannot grow it), so a request costs
+        one stat and one dictionary lookup.
+        """
+        self._refresh_if_changed()
+        found = self._by_header.get(value)
+        if found is None:
+            secret = _bearer_secret(value)
+            if secret is None:
+                return None
+            found = self._by_hash.get(hash_secret(secret))
+            if found is None:
+                return None
+            if len(self._by_header) >= _MAX_REMEMBERED:
+                self._by_header.clear()
+            self._by_header[value] = found
+        if not found.revoked:
+            self._note_use(found.id)
+        return found
+
     def reload(self) -> None:
         # Reset first: a change that lands while this reads is seen by the next check.
-        self._stale.clear()
-        self._marker_seen = self._marker_state()
+        self._stale = False
+        if self._counter is not None:
+            self._counter_seen = self._counter[:8]
         with self._database.read_scope() as session:
             rows = session.scalars(select(ApiKey)).all()
             fresh = {row.secret_hash: _record(row) for row in rows}
         with self._lock:
             self._by_hash = fresh
+            self._by_header = {}
 
     def changed(self) -> None:
         """Called after this process committed a key change: reload, and tell the others."""
         if self._marker is not None:
-            _touch_marker(self._marker)
+            _bump_counter(self._marker)
         self.reload()
 
     def close(self) -> None:
@@ -257,23 +294,13 @@ class KeyRing:
         self._writer.shutdown(wait=False, cancel_futures=True)
 
     def _refresh_if_changed(self) -> None:
-        if self._stale.is_set() or (
-            self._marker is not None and self._marker_state() != self._marker_seen
-        ):
+        counter = self._counter
+        if self._stale or (counter is not None and counter[:8] != self._counter_seen):
             try:
                 self.reload()
             except DBAPIError:
-                self._stale.set()
+                self._stale = True
                 raise
-
-    def _marker_state(self) -> tuple[int, int] | None:
-        if self._marker is None:
-            return None
-        try:
-            stat = os.stat(self._marker)
-        except FileNotFoundError:
-            return None
-        return (stat.st_ino, stat.st_mtime_ns)
 
     def _listen(self) -> None:
         import psycopg
@@ -286,13 +313,13 @@ class KeyRing:
                 with psycopg.connect(dsn, autocommit=True) as connection:
                     connection.execute(f"LISTEN {_CHANNEL}")
                     # Anything may have changed while not listening.
-                    self._stale.set()
+                    self._stale = True
                     while not self._closing.is_set():
                         for _ in connection.notifies(timeout=1.0):
-                            self._stale.set()
+                            self._stale = True
             except Exception:  # the database went away: retry, and reload once back
                 log.warning("key change listener lost its connection; retrying", exc_info=True)
-                self._stale.set()
+                self._stale = True
                 self._closing.wait(1.0)
 
     def _note_use(self, key_id: str) -> None:
@@ -313,6 +340,12 @@ class KeyRing:
             log.warning("could not record the use of key %s", key_id, exc_info=True)
 
 
+def _bearer_secret(value: bytes) -> str | None:
+    scheme, _, token = value.decode("latin-1").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
 def _marker_path(database: Database) -> Path | None:
     from sqlalchemy import make_url
 
@@ -323,15 +356,42 @@ def _marker_path(database: Database) -> Path | None:
     return path.with_name(path.name + ".keys-changed")
 
 
-def _touch_marker(path: Path) -> None:
-    # A new file each time (new inode), so a change within one mtime tick is still seen.
-    partial = path.with_name(path.name + f".{os.getpid()}.partial")
-    partial.write_text(str(time.time_ns()))
-    os.replace(partial, path)
+def _open_counter(path: Path) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    if os.fstat(fd).st_size < 8:
+        os.ftruncate(fd, 8)
+    return fd
+
+
+def _map_counter(path: Path) -> mmap.mmap | None:
+    """The change counter beside the database, mapped: reading it costs no system call.
+
+    Every process maps the same file, so a writer's update is in their mappings at once
+    (one page cache). None when it cannot be made (a read-only folder): then no other
+    process's key changes are seen until a restart, which the log says.
+    """
+    try:
+        fd = _open_counter(path)
+    except OSError:
+        log.warning("cannot create %s: key changes made by other processes will not be seen", path)
+        return None
+    try:
+        return mmap.mmap(fd, 8, access=mmap.ACCESS_READ)
+    finally:
+        os.close(fd)
+
+
+def _bump_counter(path: Path) -> None:
+    # Any new value is a change; the time keeps it unique without reading the old one.
+    fd = _open_counter(path)
+    try:
+        os.pwrite(fd, time.time_ns().to_bytes(8, "little"), 0)
+    finally:
+        os.close(fd)
 
 
 def announce_committed(database: Database) -> None:
     """After a commit made outside a KeyRing (the CLI): tell every API process on SQLite."""
     marker = _marker_path(database)
     if marker is not None:
-        _touch_marker(marker)
+        _bump_counter(marker)

@@ -38,6 +38,7 @@ EXPECTED_FILES = {
     "server.log",
     "graft.lock",
     "admin-key",
+    "graft.db.keys-changed",  # the API keys' change counter (app/services/keys.py)
 }
 
 
