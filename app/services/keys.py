@@ -240,16 +240,9 @@ class KeyRing:
             log.error("could not load the API keys; every key check fails until it can")
             self._stale = True
 
-    def lookup(self, secret: str) -> KeyRecord | None:
-        """The key whose secret this is (revoked or expired ones too), or None."""
-        self._refresh_if_changed()
-        found = self._by_hash.get(hash_secret(secret))
-        if found is not None and not found.revoked:
-            self._note_use(found.id)
-        return found
-
     def lookup_header(self, value: bytes) -> KeyRecord | None:
-        """`lookup` for a raw `Authorization: Bearer <secret>` header value.
+        """The key of a raw `Authorization: Bearer <secret>` header value (revoked or
+        expired ones too), or None.
 
         The hot path: a header seen before maps straight to its key (a known key only, and
         at most _MAX_REMEMBERED of them, so random keys cannot grow it), so a request costs
