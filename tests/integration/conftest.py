@@ -37,7 +37,14 @@ class LiveServer:
     ) -> None:
         self.data_dir = data_dir
         self.database_url = database_url
-        self.settings = {"workers": 0, "log_level": "warning", **settings}
+        # These tests queue jobs in bulk with one key to race them: the per-key quota (tested
+        # in tests/api/test_auth.py) would only get in their way.
+        self.settings = {
+            "workers": 0,
+            "log_level": "warning",
+            "max_active_jobs_per_key": 100_000,
+            **settings,
+        }
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = data_dir / "server.log"

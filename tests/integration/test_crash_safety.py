@@ -378,10 +378,7 @@ def check_api(server: LiveServer, ledger: Ledger, disk: OnDisk) -> list[str]:
 def test_acknowledged_writes_survive_sigkill(tmp_path: Path) -> None:
     data_dir = tmp_path / "live"
     data_dir.mkdir()
-    # The load queues jobs faster than one worker runs them: no per-key quota in the way.
-    server = LiveServer(
-        data_dir, workers=1, worker_poll_seconds=0.1, max_active_jobs_per_key=100_000
-    )
+    server = LiveServer(data_dir, workers=1, worker_poll_seconds=0.1)
     server.start()
     try:
         with server.client() as client:
