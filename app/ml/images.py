@@ -31,9 +31,6 @@ IMAGE_COLUMN = "image"
 LABEL_COLUMN = "y"
 MAX_CHANNELS = 16
 MAX_SIDE = 1024
-# What an archive may decode to is DecodeLimits.max_decoded_bytes (GRAFT_MAX_DECODED_BYTES for
-# uploads). This optional ceiling lowers it further for every archive; None: no extra ceiling.
-MAX_DECODED_BYTES: int | None = None
 
 _NUMERIC_KINDS = "biuf"
 _LABEL_KINDS = "biufU"
@@ -71,8 +68,6 @@ def read_npz(source: Source, limits: DecodeLimits | None = None) -> ImageSet:
     stream = as_stream(source)
     limits = limits or DecodeLimits()
     budget = limits.max_decoded_bytes
-    if MAX_DECODED_BYTES is not None:
-        budget = min(budget, MAX_DECODED_BYTES)
     stream.seek(0)
     head = stream.read(8)
     if not head:

@@ -182,16 +182,16 @@ class TestUpload:
         assert detail in body["detail"]
         assert client.get("/v1/datasets").json()["data"] == []
 
-    def test_archives_that_decode_beyond_the_limit_are_refused(
-        self, client: TestClient, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        monkeypatch.setattr("app.ml.images.MAX_DECODED_BYTES", 10_000)
+    def test_archives_that_decode_beyond_the_limit_are_refused(self, settings: Settings) -> None:
+        bounded = settings.model_copy(update={"max_decoded_bytes": 10_000})
         buffer = io.BytesIO()
         np.savez_compressed(buffer, X=np.zeros((100, 8, 8)), y=np.zeros(100))
-        body = assert_problem(
-            upload(client, "zeros.npz", buffer.getvalue(), NPZ), 422, "invalid_upload"
-        )
-        assert "over the limit of 10000" in body["detail"]
+        with TestClient(create_app(bounded)) as client:
+            body = assert_problem(
+                upload(client, "zeros.npz", buffer.getvalue(), NPZ), 422, "invalid_upload"
+            )
+            assert "over the limit of 10000" in body["detail"]
+            assert "GRAFT_MAX_DECODED_BYTES" in body["detail"]
 
 
 class TestBuiltinDigitsAsImages:

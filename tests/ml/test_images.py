@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from app.ml.errors import DataError
+from app.ml.frames import DecodeLimits
 from app.ml.images import (
     MAX_CHANNELS,
     fit_image_scaling,
@@ -125,16 +126,13 @@ class TestReadNpz:
         with pytest.raises(DataError, match="pickle"):
             read_npz(buffer.getvalue())
 
-    def test_archives_that_decode_too_large_are_refused(
-        self, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        monkeypatch.setattr("app.ml.images.MAX_DECODED_BYTES", 1000)
+    def test_archives_that_decode_too_large_are_refused(self) -> None:
         buffer = io.BytesIO()
         # Zeros compress to almost nothing: the limit must look at the decoded size.
         np.savez_compressed(buffer, X=np.zeros((100, 8, 8)), y=np.zeros(100))
         assert len(buffer.getvalue()) < 1000
         with pytest.raises(DataError, match="over the limit of 1000") as caught:
-            read_npz(buffer.getvalue())
+            read_npz(buffer.getvalue(), DecodeLimits(max_decoded_bytes=1000))
         assert caught.value.code == "too_large"
 
     def test_extra_arrays_are_ignored(self) -> None:
