@@ -28,18 +28,6 @@ class Task(StrEnum):
     REGRESSION = "regression"
 
 
-class Strategy(StrEnum):
-    PARAMETER = "parameter"
-    FEATURE = "feature"
-    STRUCTURE = "structure"
-    LP_FT = "lp_ft"
-    L2_SP = "l2_sp"
-    JOINT = "joint"
-    SCRATCH = "scratch"
-    LINEAR = "linear"
-    AUTO = "auto"
-
-
 class TargetNormalization(StrEnum):
     SOURCE = "source"
     TARGET = "target"

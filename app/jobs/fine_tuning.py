@@ -1,8 +1,9 @@
-"""A fine-tuning job from data to a trained model: strategy, normalisation, report, auto.
+"""A fine-tuning job's loading and storing around the pure plan in `app.ml.transfer`.
 
-The runner hands over the target rows, labels and callbacks; this module loads the base version and
-(when it is still there) the source rows from the base's lineage, scores candidates by
-cross-validation, trains the chosen one and writes the transfer report.
+The runner hands over the target rows, labels and callbacks; this module loads the base version
+and (when it is still there) the source rows from the base's lineage, encodes the target under
+both scalings, and hands them to `transfer.fine_tune`, which scores candidates, chooses, trains
+and reports. What comes back becomes the version draft the runner registers.
 """
 
 import logging
@@ -19,7 +20,6 @@ from app.enums import EventType, Task, VersionKind
 from app.errors import AppError
 from app.ml import features, inputs, serialization, tabular, training, transfer
 from app.ml.errors import DataError
-from app.ml.linear import linear_architecture
 from app.services import datasets as datasets_service
 from app.services import registry as registry_service
 
@@ -80,10 +80,7 @@ def run(
         base = registry_service.get_version(
             session, job.base_model_name, job.base_model_version, with_weights=True
         )
-    hyper = request["hyperparameters"]
-    settings = transfer.Settings.from_hyperparameters(hyper)
-    strategy = request["strategy"]
-    normalization = request.get("target_normalization") or "source"
+    plan = transfer.Request.from_job(request)
     target = request["target_column"]
     task = Task(base.task)
     source_features = base.preprocessing["features"]
@@ -146,126 +143,24 @@ def run(
         source_y=source.y,
     )
 
-    # Candidates: every strategy for auto, else the one asked for (both normalisations when
-    # auto), and the target-only baseline the report compares against.
-    normalizations = ("source", "target") if normalization == "auto" else (normalization,)
-    baseline = transfer.Candidate("scratch", "target")
-    if strategy == "auto":
-        candidates = transfer.auto_candidates(
-            data, normalizations, joint_available=source.x is not None
-        )
-        if source.x is None:
-            emit(EventType.LOG, "auto: joint left out, the source rows are unavailable", None)
-    elif strategy in transfer.TARGET_ONLY:
-        only = "target" if normalization == "auto" else normalization
-        candidates = [transfer.Candidate(strategy, only)]
-    else:
-        candidates = [transfer.Candidate(strategy, norm) for norm in normalizations]
-    scored = list(dict.fromkeys([*candidates, baseline]))
-
-    folds, repeats = transfer.fold_plan(len(y), hyper.get("cv_folds") or 4, hyper.get("cv_repeats"))
-    strata = y if task == Task.CLASSIFICATION else None
-    try:
-        splits = transfer.fold_indices(y, task, folds, repeats, settings.seed)
-    except DataError as exc:
-        if strategy == "auto" or len(candidates) > 1:
-            raise DataError(
-                f"strategy {strategy!r} with target_normalization {normalization!r} chooses by "
-                f"cross-validation, which failed: {exc}",
-                code=exc.code,
-            ) from exc
-        splits = []
-        emit(EventType.WARNING, f"no transfer report: {exc}", None)
-
-    metric = transfer.score_name(task)
-    scores: dict[transfer.Candidate, transfer.Score] = {}
-    if splits:
-        emit(
-            EventType.LOG,
-            f"cross-validation: {len(scored)} candidate(s), {folds} folds x {repeats} repeat(s), "
-            f"{settings.epochs} epochs each, scored by {metric}",
-            {"candidates": [c.name for c in scored], "folds": folds, "repeats": repeats},
-        )
-        for candidate in scored:
-            score = transfer.cross_validate(candidate, data, settings, splits, check=check)
-            scores[candidate] = score
-            emit(
-                EventType.METRICS,
-                f"cv {candidate.name}: {metric} {score.mean:.4f} ± {score.std:.4f}",
-                {"phase": "cross_validation", "metric": metric, **score.as_dict()},
-            )
-
-    selection: dict[str, Any] | None = None
-    if len(candidates) > 1:
-        best = transfer.choose([scores[c] for c in candidates])
-        choice = best.candidate
-        selection = {
-            "metric": metric,
-            "candidates": [scores[c].as_dict() for c in candidates],
-            "choice": choice.name,
-            "rule": transfer.SELECTION_RULE,
-        }
-        emit(
-            EventType.LOG,
-            f"chose {choice.name} ({metric} {best.mean:.4f} ± {best.std:.4f}); "
-            f"rule: {transfer.SELECTION_RULE}",
-            {"choice": choice.name},
-        )
-    else:
-        choice = candidates[0]
-
-    # The final model: auto retrains its pick on every target row; a named strategy keeps the
-    # usual train/validation split and early stopping.
-    if strategy == "auto":
-        train_idx, val_idx = np.arange(len(y)), np.zeros(0, dtype=np.int64)
-    else:
-        train_idx, val_idx = training.split_indices(
-            len(y), hyper["validation_fraction"], settings.seed, strata
-        )
-    trained = transfer.train_candidate(
-        choice, data, settings, train_idx, val_idx, on_epoch=on_epoch, on_batch=on_batch
+    result = transfer.fine_tune(
+        data,
+        plan,
+        on_epoch=on_epoch,
+        on_batch=on_batch,
+        check=check,
+        emit=lambda kind, message, payload: emit(EventType(kind), message, payload),
     )
-    for note in trained.notes:
-        emit(EventType.LOG, note, None)
-
-    report = _report(choice, baseline, scores, metric, folds, repeats)
-    report["domain_shift"] = transfer.domain_shift(
-        source_features, x["source"], source.x, settings.seed
+    choice, trained = result.choice, result.trained
+    result.extra_metrics["transfer_report"]["domain_shift"] = transfer.domain_shift(
+        source_features, x["source"], source.x, plan.settings.seed
     )
-    if report["negative_transfer"]:
-        emit(
-            EventType.WARNING,
-            f"negative transfer: {choice.name} scores {metric} {report['score']['mean']:.4f} "
-            f"in cross-validation, below the target-only baseline "
-            f"{baseline.name} at {report['baseline']['mean']:.4f}"
-            + (
-                " (a gap smaller than the folds' spread, so possibly noise)"
-                if -report["transfer_gain"] < report["score"]["std"]
-                else ""
-            )
-            + "; consider strategy scratch or auto",
-            {"transfer_gain": report["transfer_gain"]},
-        )
-    if strategy == "auto" and not choice.uses_source:
-        emit(
-            EventType.LOG,
-            f"auto: no transfer candidate beat the target-only {choice.name}; transfer did not "
-            "help on this data",
-            None,
-        )
-
-    if choice.strategy == "linear":
-        input_dim = int(x["source"].reshape(len(y), -1).shape[1])
-        architecture = linear_architecture(input_dim, output_dim)
-    extra: dict[str, Any] = {"transfer_report": report}
-    if selection is not None:
-        extra["selection"] = selection
     draft = VersionDraft(
         model=trained.model,
         task=task,
         feature_spec=refit_features if choice.normalization == "target" else source_features,
         target_spec=target_spec,
-        architecture=architecture,
+        architecture=trained.architecture or architecture,
         signature={**base.signature, "classes": target_spec.get("classes"), "target": target},
         version_fields={
             "kind": VersionKind.FINE_TUNED,
@@ -277,37 +172,9 @@ def run(
     return Outcome(
         draft=draft,
         result=trained.result,
-        rows={"train": len(train_idx), "validation": len(val_idx)},
-        extra_metrics=extra,
+        rows={"train": result.train_rows, "validation": result.validation_rows},
+        extra_metrics=result.extra_metrics,
     )
-
-
-def _report(
-    choice: transfer.Candidate,
-    baseline: transfer.Candidate,
-    scores: dict[transfer.Candidate, transfer.Score],
-    metric: str,
-    folds: int,
-    repeats: int,
-) -> dict[str, Any]:
-    chosen = scores.get(choice)
-    base = scores.get(baseline)
-    gain = chosen.mean - base.mean if chosen is not None and base is not None else None
-    return {
-        "strategy": choice.strategy,
-        "target_normalization": choice.normalization,
-        "uses_source": choice.uses_source,
-        "metric": metric,
-        "cv": {"folds": folds, "repeats": repeats} if chosen is not None else None,
-        "score": _mean_std(chosen),
-        "baseline": {"candidate": baseline.name, **(_mean_std(base) or {})} if base else None,
-        "transfer_gain": gain,
-        "negative_transfer": bool(choice.uses_source and gain is not None and gain < 0),
-    }
-
-
-def _mean_std(score: transfer.Score | None) -> dict[str, float] | None:
-    return None if score is None else {"mean": score.mean, "std": score.std}
 
 
 def _source_rows(

@@ -1,9 +1,10 @@
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
-from app.enums import EventType, JobKind, JobStatus, Strategy, TargetNormalization, Task
+from app.enums import EventType, JobKind, JobStatus, TargetNormalization, Task
+from app.ml.transfer import registry as strategies
 from app.schemas.common import MAX_INT32, RequestSchema, Schema
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
@@ -190,22 +191,47 @@ class BaseModelRef(RequestSchema):
         return self
 
 
+def _known_strategy(name: str) -> str:
+    strategies.get(name) if name != strategies.AUTO else None  # ValueError names the known ones
+    return name
+
+
+def _strategy_schema(schema: dict[str, Any]) -> None:
+    # Filled in when the document is generated, from the registry as it is then.
+    schema["enum"] = strategies.names(with_auto=True)
+    schema["description"] = "How the source model is transferred:\n\n" + strategies.describe()
+
+
+StrategyName = Annotated[
+    str, AfterValidator(_known_strategy), Field(json_schema_extra=_strategy_schema)
+]
+
+
 class FineTuningCreate(RequestSchema):
     base_model: BaseModelRef
     dataset_id: str
     target_column: str
     model_name: str = Field(pattern=MODEL_NAME_PATTERN)
-    strategy: Strategy = Field(
-        description="auto scores every other strategy by cross-validation on the target rows "
-        "and trains the best."
-    )
-    target_normalization: TargetNormalization = Field(
-        TargetNormalization.SOURCE,
-        description="Standardise the target's inputs with the source's statistics, refit them "
-        "on the target, or let cross-validation choose (auto).",
+    strategy: StrategyName
+    target_normalization: TargetNormalization | None = Field(
+        None,
+        description="Standardise the target's inputs with the source's statistics (source), "
+        "refit them on the target (target), or let cross-validation choose (auto). Default: "
+        "auto with strategy auto, else source. Target-only strategies (scratch, structure, "
+        "linear) always read the target's own scaling.",
     )
     hyperparameters: FineTuningHyperparameters = Field(default_factory=FineTuningHyperparameters)
     timeout_seconds: int | None = _timeout_field()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_normalization(cls, data: Any) -> Any:
+        # auto searches the scaling too unless the request fixed one.
+        if isinstance(data, dict) and data.get("target_normalization") is None:
+            strategy = data.get("strategy")
+            default = "auto" if strategy == strategies.AUTO else "source"
+            data = {**data, "target_normalization": default}
+        return data
 
     model_config = {
         "json_schema_extra": {

@@ -3,7 +3,7 @@ from typing import Any
 
 from pydantic import Field
 
-from app.enums import Strategy, Task, VersionKind
+from app.enums import Task, VersionKind
 from app.schemas.common import MAX_INT32, RequestSchema, Schema
 from app.schemas.datasets import ColumnRead
 
@@ -42,7 +42,7 @@ class LineageEntry(Schema):
     name: str
     version: int
     kind: VersionKind | None
-    strategy: Strategy | None
+    strategy: str | None
     job_id: str | None
     created_at: datetime | None
     datasets: list[DatasetRef]
@@ -54,7 +54,7 @@ class ModelVersionRead(Schema):
     created_at: datetime
     job_id: str | None
     kind: VersionKind
-    strategy: Strategy | None
+    strategy: str | None
     parent: ModelRef | None
     dataset_id: str
     task: Task

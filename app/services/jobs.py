@@ -12,10 +12,11 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db.models import ApiKey, Dataset, Job, JobEvent, ModelVersion
-from app.enums import ACTIVE_JOB_STATUSES, EventType, JobKind, JobStatus, Strategy, Task
+from app.enums import ACTIVE_JOB_STATUSES, EventType, JobKind, JobStatus, Task
 from app.errors import Conflict, Invalid, NotFound, TooManyRequests
 from app.ids import new_id, utcnow
 from app.jobs.events import add_event
+from app.ml.transfer import registry as strategies
 from app.schemas.jobs import FineTuningCreate, SourceTrainingCreate
 from app.services import datasets as datasets_service
 from app.services import image_jobs, work_estimate
@@ -325,11 +326,12 @@ def submit_fine_tuning(
     else:
         _check_fine_tuning_request(dataset, request, base)
     source_rows = None
-    if request.strategy == Strategy.JOINT:
+    needs_source = strategies.needs_source_rows(request.strategy)
+    if needs_source:
         source_rows = _check_joint_source(session, base).rows
-    elif request.strategy == Strategy.AUTO:  # auto adds joint while the source rows exist
+    elif request.strategy == strategies.AUTO:  # auto adds joint while the source rows exist
         source_rows = session.scalar(select(Dataset.rows).where(Dataset.id == base.dataset_id))
-    chooses = request.strategy == Strategy.AUTO or request.target_normalization == "auto"
+    chooses = request.strategy == strategies.AUTO or request.target_normalization == "auto"
     if chooses and dataset.rows < MIN_CV_ROWS:
         raise Invalid(
             "dataset_too_small",
@@ -350,7 +352,7 @@ def submit_fine_tuning(
         model_name=request.model_name,
         base_model_name=base.model_name,
         base_model_version=base.version,
-        source_dataset_id=base.dataset_id if request.strategy == Strategy.JOINT else None,
+        source_dataset_id=base.dataset_id if needs_source else None,
     )
 
 

@@ -7,10 +7,11 @@ from sqlalchemy import delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session, undefer
 
 from app.db.models import Dataset, Job, ModelAlias, ModelVersion, RegisteredModel
-from app.enums import ACTIVE_JOB_STATUSES, Strategy
+from app.enums import ACTIVE_JOB_STATUSES
 from app.errors import Conflict, Invalid, NotFound
 from app.ids import new_id, utcnow
 from app.ml import serialization
+from app.ml.transfer import registry as strategies
 from app.schemas.jobs import ALIAS_PATTERN
 from app.services.locking import insert_for, lock_rows
 from app.services.pagination import paginate
@@ -192,7 +193,7 @@ def _lineage(session: Session, version: ModelVersion) -> list[dict[str, Any]]:
             ancestors = [_unknown_ancestor(version.parent_name, version.parent_version)]
         else:
             ancestors = list(parent.lineage)
-            if version.strategy == Strategy.JOINT:
+            if strategies.needs_source_rows(version.strategy):
                 # joint also trains on the rows the parent was trained on.
                 datasets.append(dataset_ref(session, parent.dataset_id, "joint_source"))
     entry = {

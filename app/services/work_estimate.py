@@ -37,7 +37,7 @@ from typing import Any
 import pandas as pd
 
 from app.config import Settings
-from app.enums import Strategy, Task
+from app.enums import Task
 from app.errors import Invalid
 from app.ml import transfer
 from app.ml.errors import DataError
@@ -209,23 +209,15 @@ def source_training(
 
 
 def fine_tuning_candidates(
-    strategy: str, normalization: str, *, joint_available: bool
+    strategy: str, normalization: str | None, *, joint_available: bool, tabular: bool = True
 ) -> list[tuple[str, str]]:
-    """(strategy, normalisation) of every fit cross-validated, as app/jobs/fine_tuning.py runs
-    them: the candidates (all of auto's, app/ml/transfer.py) and the scratch baseline."""
-    norms = ("source", "target") if normalization == "auto" else (normalization,)
-    own = "target" if "target" in norms else norms[0]
-    if strategy == Strategy.AUTO:
-        found = []
-        for name in transfer.AUTO_STRATEGIES:
-            if name == "joint" and not joint_available:
-                continue
-            found += [(name, own)] if name in transfer.TARGET_ONLY else [(name, n) for n in norms]
-    elif strategy in transfer.TARGET_ONLY:
-        found = [(strategy, own)]
-    else:
-        found = [(strategy, n) for n in norms]
-    return list(dict.fromkeys([*found, ("scratch", "target")]))
+    """(strategy, normalisation) of every fit cross-validated, exactly as the plan in
+    app/ml/transfer/plan.py runs them: the candidates and the scratch baseline."""
+    norm = transfer.plan.resolve_normalization(strategy, normalization)
+    candidates = transfer.candidates_for(
+        strategy, norm, source_rows=joint_available, tabular=tabular
+    )
+    return [(c.strategy, c.normalization) for c in transfer.plan.scored_candidates(candidates)]
 
 
 def fine_tuning(
@@ -248,7 +240,7 @@ def fine_tuning(
     # The final fit: auto's pick (any candidate) on every target row, else the strategy asked
     # for on the rows left after the validation split.
     final, n_final = fits, rows
-    if request.strategy != Strategy.AUTO:
+    if request.strategy != transfer.AUTO:
         final = [fit for fit in fits if fit[0] == request.strategy][:1]
         n_final = train_rows(rows, hyper.validation_fraction)
     extra = source_rows or 0

@@ -14,6 +14,8 @@ from tests.helpers import FAST, assert_problem, builtin, csv_bytes, run_pending_
 # Two folds, one repeat: the cross-validation of every job stays a handful of tiny fits.
 QUICK_CV = {**FAST, "cv_folds": 2, "cv_repeats": 1}
 
+TARGET_ONLY = ("scratch", "linear", "structure")
+
 
 def blobs_frame(rows: int, seed: int, *, shift: float = 0.0, flip: bool = False) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
@@ -101,8 +103,10 @@ class TestStrategies:
                 for e in events(client, job_id)
                 if (e["data"] or {}).get("phase") == "cross_validation"
             ]
-            # The named strategy under the requested (default: source) scaling, and the baseline.
-            expected = {f"{strategy}/source", "scratch/target"}
+            # The named strategy under the requested (default: source) scaling, and the
+            # baseline; a target-only strategy always reads the target's own scaling.
+            own = "target" if strategy in ("scratch", "linear", "structure") else "source"
+            expected = {f"{strategy}/{own}", "scratch/target"}
             assert {e["data"]["candidate"] for e in cv_events} == expected
             prediction = client.post(
                 f"/v1/models/t-{strategy}/predict", json={"instances": [[2.0, 0.0], [-2.0, 0.0]]}
@@ -138,8 +142,13 @@ class TestStrategies:
         selection = version["metrics"]["selection"]
         names = [c["candidate"] for c in selection["candidates"]]
         assert names == ["feature/source", "feature/target"]
-        best = max(selection["candidates"], key=lambda c: (c["mean"], c["candidate"] == names[0]))
+        # Two candidates of one strategy: no guard, the better selection score wins.
+        best = max(
+            selection["candidates"],
+            key=lambda c: (c["selection_score"], c["candidate"] == names[0]),
+        )
         assert selection["choice"] == best["candidate"]
+        assert selection["best_target_only"] is None
         assert version["transfer_report"]["target_normalization"] == best["target_normalization"]
         assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "succeeded"
 
@@ -173,11 +182,21 @@ class TestAuto:
         for candidate in selection["candidates"]:
             assert 0.0 <= candidate["mean"] <= 1.0 and candidate["std"] >= 0.0
             assert candidate["folds"] == 2
-        best_mean = max(c["mean"] for c in selection["candidates"])
-        chosen = next(c for c in selection["candidates"] if c["candidate"] == selection["choice"])
-        assert chosen["mean"] == best_mean
-        assert "highest mean" in selection["rule"]
-        assert version["strategy"] == chosen["strategy"]
+        # The guard: the best transfer candidate by selection score, if its paired gain over
+        # the best target-only one exceeds the noise, else that target-only one.
+        by_name = {c["candidate"]: c for c in selection["candidates"]}
+        transfer = [c for c in selection["candidates"] if c["strategy"] not in TARGET_ONLY]
+        target_only = [c for c in selection["candidates"] if c["strategy"] in TARGET_ONLY]
+        top = max(transfer, key=lambda c: c["selection_score"])
+        floor = max(target_only, key=lambda c: c["selection_score"])
+        assert selection["best_transfer"] == top["candidate"]
+        assert selection["best_target_only"] == floor["candidate"]
+        threshold = selection["guard_standard_errors"] * selection["gain_standard_error"]
+        expected = top if selection["paired_gain"] > threshold else floor
+        assert selection["choice"] == expected["candidate"]
+        assert selection["rule"].startswith("transfer:" if expected is top else "target-only:")
+        assert version["transfer_report"]["decided_by"] == selection["rule"]
+        assert version["strategy"] == by_name[selection["choice"]]["strategy"]
         # Every candidate's score appeared as an event as it was computed.
         cv = [
             e
@@ -209,7 +228,7 @@ class TestAuto:
         assert scores["l2_sp/target"] < scores["scratch/target"]
         assert version["transfer_report"]["uses_source"] is False
         logs = [e["message"] for e in events(client, job_id)]
-        assert any("no transfer candidate beat the target-only" in m for m in logs)
+        assert any("no transfer candidate's gain was larger than its noise" in m for m in logs)
         prediction = client.post(
             "/v1/models/flip-auto/predict", json={"instances": [[3.0, 0.0], [-3.0, 0.0]]}
         ).json()

@@ -446,7 +446,11 @@ def test_auto_candidates_follow_the_transfer_module() -> None:
     auto = work_estimate.fine_tuning_candidates("auto", "auto", joint_available=True)
     assert len(auto) == 12 and ("joint", "target") in auto
     assert len(work_estimate.fine_tuning_candidates("auto", "auto", joint_available=False)) == 10
-    assert len(work_estimate.fine_tuning_candidates("auto", "source", joint_available=True)) == 8
+    # Target-only candidates read the target's scaling whatever was asked, and the scratch
+    # baseline is one of them.
+    assert len(work_estimate.fine_tuning_candidates("auto", "source", joint_available=True)) == 7
+    # auto searches both scalings unless told otherwise.
+    assert len(work_estimate.fine_tuning_candidates("auto", None, joint_available=True)) == 12
 
 
 def test_auto_and_joint_multiply_the_steps() -> None:

@@ -11,8 +11,9 @@ from torch import nn
 from app.ml.architectures import CNN, build_model
 from app.ml.images import fit_image_scaling, transform_images
 from app.ml.serialization import load_model, weights_to_bytes
-from app.ml.strategies import prepare_model, trainable_parameter_names
 from app.ml.training import evaluate, predict_batch
+from app.ml.transfer import prepare_model
+from app.ml.transfer._models import trainable_parameter_names
 from tests.ml.conftest import train
 
 ARCHITECTURE: dict[str, Any] = {

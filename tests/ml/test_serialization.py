@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from app.ml.serialization import load_model, sha256_hex, weights_from_bytes, weights_to_bytes
-from app.ml.strategies import prepare_model
 from app.ml.training import predict_batch
+from app.ml.transfer import prepare_model
 from tests.ml.conftest import ARCHITECTURE, blobs
 
 

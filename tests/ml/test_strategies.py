@@ -3,7 +3,8 @@ import torch
 from torch import nn
 
 from app.ml.architectures import MLP, build_model
-from app.ml.strategies import STRATEGIES, prepare_model, trainable_parameter_names
+from app.ml.transfer import prepare_model, registry
+from app.ml.transfer._models import trainable_parameter_names
 from tests.ml.conftest import ARCHITECTURE, blobs, train
 
 HEAD = ["head.weight", "head.bias"]
@@ -30,7 +31,7 @@ def prepare(strategy: str, source: nn.Module, *, keep_head: bool = False) -> nn.
 
 
 def test_strategies_are_registered_by_name() -> None:
-    assert set(STRATEGIES) == {
+    assert set(registry.names()) == {
         "parameter",
         "feature",
         "structure",
@@ -38,6 +39,7 @@ def test_strategies_are_registered_by_name() -> None:
         "l2_sp",
         "joint",
         "scratch",
+        "linear",
     }
     with pytest.raises(ValueError, match="unknown strategy"):
         prepare("lora", nn.Linear(4, 2))

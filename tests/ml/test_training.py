@@ -4,8 +4,8 @@ import torch
 
 from app.ml.architectures import build_model
 from app.ml.errors import DataError
-from app.ml.strategies import prepare_model
 from app.ml.training import EpochMetrics, predict_batch, split_indices
+from app.ml.transfer import prepare_model
 from tests.ml.conftest import ARCHITECTURE, REGRESSION, blobs, linear, train
 
 

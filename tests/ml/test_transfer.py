@@ -1,5 +1,6 @@
 """Mechanics of the transfer strategies, cross-validation, auto's choice and the shift summary."""
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -8,9 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from app.ml import features, serialization, strategies, tabular, training, transfer
+from app.ml import features, serialization, tabular, training, transfer
 from app.ml.architectures import MLP, build_model
 from app.ml.linear import ABSENT_CLASS_LOGIT, fit_linear, linear_architecture
+from app.ml.transfer import _models, l2_sp, registry
 from tests.ml.conftest import ARCHITECTURE, CLASSIFICATION, REGRESSION, blobs, linear, train
 
 SETTINGS = transfer.Settings(epochs=6, batch_size=16, learning_rate=0.01, seed=0)
@@ -53,15 +55,15 @@ class TestLpFt:
             seen.append((metrics.epoch, _changed(source, model_ref[0])))
 
         data = _data(source_model)
-        original_prepare = strategies.prepare_model
+        spec = registry.get("lp_ft")
 
-        def capture(*args: Any, **kwargs: Any) -> nn.Module:
-            model = original_prepare(*args, **kwargs)
+        def capture(run: transfer.Run) -> nn.Module:
+            model = spec.prepare(run)
             model_ref.append(model)
             return model
 
         # Watch the model being trained, to see which weights each epoch moved.
-        monkeypatch.setattr(strategies, "prepare_model", capture)
+        monkeypatch.setitem(registry._STRATEGIES, "lp_ft", replace(spec, prepare=capture))
         trained = transfer.train_candidate(
             transfer.Candidate("lp_ft", "source"), data, SETTINGS, ALL, NONE, on_epoch=on_epoch
         )
@@ -114,14 +116,14 @@ class TestL2Sp:
         with torch.no_grad():
             model.trunk[0].weight.add_(0.5)  # 8x4 entries moved by 0.5 -> 32 * 0.25 = 8
         model.head = nn.Linear(8, 3)  # a replaced head: new weights, not pulled to the source
-        penalty = strategies.l2_sp_penalty(model, reference, alpha=0.1, beta=0.01)
+        penalty = l2_sp.penalty(model, reference, alpha=0.1, beta=0.01)
         new_norm = float(
             model.head.weight.detach().pow(2).sum() + model.head.bias.detach().pow(2).sum()
         )
         assert float(penalty().detach()) == pytest.approx(0.1 * 8.0 + 0.01 * new_norm, rel=1e-5)
-        assert float(
-            strategies.l2_sp_penalty(model, reference, alpha=0.1, beta=0.0)().detach()
-        ) == (pytest.approx(0.8, rel=1e-5))
+        assert float(l2_sp.penalty(model, reference, alpha=0.1, beta=0.0)().detach()) == (
+            pytest.approx(0.8, rel=1e-5)
+        )
 
     def test_strong_penalty_keeps_weights_at_the_source(self, source_model: nn.Module):
         def distance(strategy: str, alpha: float) -> float:
@@ -140,7 +142,7 @@ class TestL2Sp:
 class TestLayerwiseRates:
     def test_scales_decay_from_the_head_down(self):
         model = build_model(ARCHITECTURE, 4, 2)
-        scales = strategies.layer_lr_scales(model, 0.5)
+        scales = _models.layer_lr_scales(model, 0.5)
         assert scales == {
             "head.weight": 1.0,
             "head.bias": 1.0,
@@ -152,7 +154,7 @@ class TestLayerwiseRates:
 
     def test_batch_norm_shares_the_rate_of_the_layer_before_it(self):
         model = MLP(nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU()), nn.Linear(8, 2))
-        scales = strategies.layer_lr_scales(model, 0.1)
+        scales = _models.layer_lr_scales(model, 0.1)
         assert scales["trunk.1.weight"] == scales["trunk.0.weight"] == pytest.approx(0.1)
 
     def test_lower_layers_move_less(self, source_model: nn.Module):
@@ -168,7 +170,7 @@ class TestLayerwiseRates:
 
     def test_decay_out_of_range_is_refused(self):
         with pytest.raises(ValueError, match="layer_lr_decay"):
-            strategies.layer_lr_scales(build_model(ARCHITECTURE, 4, 2), 1.5)
+            _models.layer_lr_scales(build_model(ARCHITECTURE, 4, 2), 1.5)
 
 
 class TestWeightedRows:
@@ -246,7 +248,7 @@ class TestTargetNormalization:
         x = np.random.default_rng(0).normal(5.0, 2.0, size=(300, 4)).astype(np.float32)
         model.eval()
         before = _state(model)
-        assert strategies.refit_batchnorm(model, x, batch_size=100) == 1
+        assert _models.refit_batchnorm(model, x, batch_size=100) == 1
         norm = model.trunk[1]
         assert torch.allclose(norm.running_mean, torch.as_tensor(x.mean(axis=0)), atol=1e-4)
         assert norm.momentum == 0.1 and not model.training
@@ -259,7 +261,7 @@ class TestTargetNormalization:
 
     def test_a_model_without_batch_norm_is_left_alone(self, source_model: nn.Module):
         before = _state(source_model)
-        assert strategies.refit_batchnorm(source_model, np.ones((8, 4), np.float32)) == 0
+        assert _models.refit_batchnorm(source_model, np.ones((8, 4), np.float32)) == 0
         assert not _changed(before, source_model)
 
 
@@ -333,54 +335,81 @@ class TestCrossValidation:
         assert len(score.scores) == 4 and score.mean > 0.9
 
 
-class TestChoice:
-    def test_best_mean_wins_and_ties_go_to_the_simpler(self):
-        def score(strategy: str, norm: str, values: list[float]) -> transfer.Score:
-            return transfer.Score(transfer.Candidate(strategy, norm), values)
+def _score(strategy: str, norm: str, values: list[float]) -> transfer.Score:
+    return transfer.Score(transfer.Candidate(strategy, norm), values)
 
-        best = transfer.choose(
-            [score("joint", "source", [0.9, 0.9]), score("parameter", "target", [0.8, 1.0])]
+
+class TestChoice:
+    def test_best_transfer_mean_wins_and_ties_go_to_the_simpler(self):
+        best = transfer.selection.best(
+            [_score("joint", "source", [0.9, 0.9]), _score("parameter", "target", [0.8, 1.0])]
         )
         assert best.candidate.strategy == "parameter"  # tie on 0.9: parameter is simpler
-        assert (
-            transfer.choose(
-                [score("l2_sp", "target", [0.95]), score("linear", "target", [0.9])]
-            ).candidate.strategy
-            == "l2_sp"
+
+    def test_transfer_wins_when_its_paired_gain_exceeds_the_noise(self):
+        target_only = [0.6, 0.7, 0.6, 0.65, 0.7, 0.6, 0.65, 0.6]
+        transfer_scores = [s + 0.2 + 0.01 * (i % 2) for i, s in enumerate(target_only)]
+        choice = transfer.choose(
+            [
+                _score("linear", "target", target_only),
+                _score("parameter", "source", transfer_scores),
+            ],
         )
+        assert choice.chosen.candidate.name == "parameter/source"
+        assert choice.gain == pytest.approx(0.205)
+        assert choice.rule.startswith("transfer:")
+        assert choice.as_dict()["best_target_only"] == "linear/target"
 
-    def test_ties_go_to_l2_sp_before_the_simpler(self):
-        def score(strategy: str, norm: str, values: list[float]) -> transfer.Score:
-            return transfer.Score(transfer.Candidate(strategy, norm), values)
+    def test_target_only_wins_when_the_gain_is_within_the_noise(self):
+        target_only = [0.6, 0.9, 0.5, 0.8, 0.7, 0.6, 0.9, 0.5]
+        # A higher mean, but the per-split differences swing both ways.
+        transfer_scores = [0.9, 0.6, 0.8, 0.6, 0.9, 0.4, 1.0, 0.5]
+        choice = transfer.choose(
+            [
+                _score("scratch", "target", target_only),
+                _score("l2_sp", "source", transfer_scores),
+            ],
+        )
+        assert choice.best_transfer is not None
+        assert choice.best_transfer.mean > choice.chosen.mean
+        assert choice.chosen.candidate.name == "scratch/target"
+        assert choice.rule.startswith("target-only:")
 
-        saturated = [
-            score("linear", "target", [1.0, 1.0]),
-            score("parameter", "source", [1.0, 1.0]),
-            score("l2_sp", "target", [1.0, 1.0]),
-            score("l2_sp", "source", [1.0, 1.0]),
-        ]
-        assert transfer.choose(saturated).candidate.name == "l2_sp/source"
-        # The preference only breaks ties: a better mean still wins.
-        better = [score("l2_sp", "source", [1.0, 0.9]), score("linear", "target", [1.0, 1.0])]
-        assert transfer.choose(better).candidate.strategy == "linear"
-        assert "ties go to l2_sp" in transfer.SELECTION_RULE
+    def test_the_gain_is_paired_split_by_split(self):
+        # Both swing together from split to split: the difference alone is what counts.
+        a = _score("parameter", "source", [1.0, 0.6, 0.9, 0.5])
+        b = _score("linear", "target", [0.9, 0.5, 0.8, 0.4])
+        gain, error = transfer.selection.paired_gain(a, b)
+        assert gain == pytest.approx(0.1) and error == pytest.approx(0.0, abs=1e-12)
+        assert transfer.choose([a, b]).chosen is a
 
-    def test_auto_candidates(self, source_model: nn.Module):
-        data = _data(source_model)
+    def test_without_target_only_candidates_the_best_mean_wins(self):
+        choice = transfer.choose(
+            [_score("parameter", "source", [0.8, 0.8]), _score("parameter", "target", [0.9, 1.0])],
+        )
+        assert choice.chosen.candidate.name == "parameter/target"
+
+    def test_auto_candidates(self):
         names = [
-            c.name
-            for c in transfer.auto_candidates(data, ("source", "target"), joint_available=False)
+            c.name for c in transfer.candidates_for("auto", "auto", source_rows=False, tabular=True)
         ]
         assert "scratch/target" in names and "linear/target" in names
         assert "parameter/source" in names and "parameter/target" in names
         assert not any(n.startswith(("joint", "structure", "scratch/source")) for n in names)
-        images = transfer.TransferData(
-            CLASSIFICATION, {"source": np.zeros((4, 1, 8, 8))}, np.zeros(4), None, {}, True
-        )
-        assert all(
-            c.strategy != "linear"
-            for c in transfer.auto_candidates(images, ("source",), joint_available=True)
-        )
+        images = transfer.candidates_for("auto", "source", source_rows=True, tabular=False)
+        assert all(c.strategy != "linear" for c in images)
+        assert "joint/source" in [c.name for c in images]
+
+    def test_target_only_strategies_always_read_the_target_scaling(self):
+        for strategy in ("scratch", "structure", "linear"):
+            for norm in ("source", "target", "auto"):
+                found = transfer.candidates_for(strategy, norm, source_rows=True, tabular=True)
+                assert [c.normalization for c in found] == ["target"], (strategy, norm)
+        assert {
+            c.normalization
+            for c in transfer.candidates_for("auto", "source", source_rows=True, tabular=True)
+            if not c.uses_source
+        } == {"target"}
 
 
 class TestDomainShift:

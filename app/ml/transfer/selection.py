@@ -1,0 +1,275 @@
+"""Cross-validation on the target rows, and the guarded choice between candidates.
+
+The choice has two steps. Among the candidates that use the source, the highest mean score
+wins (ties to the simpler one). That winner then replaces the best target-only candidate only
+if its paired gain, split by split on the same splits, is larger than the noise of that gain:
+more than one standard error of the mean difference (the one-standard-error rule). So
+transfer is delivered only when the target rows show that it helps, and `auto` does not
+trade a target-only model for a transfer one on noise.
+
+Decided on the quality benchmark's tuning half (benchmarks/quality.py): comparing by the
+Brier score rather than accuracy, and one standard error rather than none or a corrected
+(Nadeau-Bengio) one, kept auto within reach of the best method on the most tuning tasks.
+"""
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from app.ml import training
+from app.ml.errors import DataError
+from app.ml.transfer.candidates import Candidate, Settings, TransferData, train_candidate
+
+# How many standard errors a transfer candidate's paired gain over the best
+# target-only candidate must exceed.
+GUARD_STANDARD_ERRORS = 1.0
+# The proper scoring rule classification candidates are compared by (see `fold_score`).
+SELECTION_SCORE = "brier"
+
+
+def _proper_score(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Higher is better: minus the Brier score (squared error of the probability vector)."""
+    truth = np.zeros_like(probabilities)
+    truth[np.arange(len(labels)), labels] = 1.0
+    return -float(((probabilities - truth) ** 2).sum(axis=1).mean())
+
+
+def fold_plan(n: int, requested_folds: int, repeats: int | None) -> tuple[int, int]:
+    """(folds, repeats) for `n` rows: fewer rows get more repeats, so the estimate steadies."""
+    folds = max(2, min(requested_folds, n // 2))
+    if repeats is None:
+        # Below 40 rows a test fold holds under ten rows and its accuracy moves in steps of
+        # more than 0.1; more repeats there separate candidates that fewer leave tied.
+        repeats = 5 if n < 40 else 3 if n < 60 else 2 if n < 200 else 1
+    return folds, repeats
+
+
+def fold_indices(
+    y: np.ndarray, task: str, folds: int, repeats: int, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, test) index pairs of stratified k-fold, repeated with fresh shuffles.
+
+    Classification stratifies on the label, regression on quantile bins of the target; a
+    class with fewer rows than folds lands in as many folds as it has rows.
+    """
+    n = len(y)
+    if n < 4:
+        raise DataError(
+            f"cross-validation needs at least 4 target rows, got {n}", code="too_few_rows"
+        )
+    if task == "classification":
+        strata = np.asarray(y)
+    else:
+        ranks = np.argsort(np.argsort(np.asarray(y, dtype=np.float64), kind="stable"))
+        strata = ranks * folds // n
+    splits = []
+    for repeat in range(repeats):
+        rng = np.random.default_rng([seed, repeat])
+        assignment = np.empty(n, dtype=np.int64)
+        offset = int(rng.integers(folds))
+        for stratum in np.unique(strata):
+            members = rng.permutation(np.flatnonzero(strata == stratum))
+            # Continuing the fold counter across strata keeps fold sizes within one row.
+            assignment[members] = (offset + np.arange(len(members))) % folds
+            offset = (offset + len(members)) % folds
+        for fold in range(folds):
+            test = np.flatnonzero(assignment == fold)
+            train = np.flatnonzero(assignment != fold)
+            if len(test) and len(train):
+                splits.append((train, test))
+    return splits
+
+
+@dataclass
+class Score:
+    """A candidate's scores on each split, in the order of the splits (so two can be paired).
+
+    `scores` are the score users read (accuracy, or R²); `selection` are the ones the choice
+    compares (see `fold_score`).
+    """
+
+    candidate: Candidate
+    scores: list[float]
+    selection: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.selection:
+            self.selection = list(self.scores)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.scores))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.scores))
+
+    @property
+    def selection_mean(self) -> float:
+        return float(np.mean(self.selection))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "candidate": self.candidate.name,
+            "strategy": self.candidate.strategy,
+            "target_normalization": self.candidate.normalization,
+            "mean": self.mean,
+            "std": self.std,
+            "selection_score": self.selection_mean,
+            "folds": len(self.scores),
+        }
+
+
+def score_name(task: str) -> str:
+    return "accuracy" if task == "classification" else "r2"
+
+
+def selection_score_name(task: str) -> str:
+    return SELECTION_SCORE if task == "classification" else "r2"
+
+
+def fold_score(
+    task: str, y_test: np.ndarray, predicted: np.ndarray, y_all: np.ndarray
+) -> tuple[float, float]:
+    """One split's (reported, selection) scores.
+
+    Classification reports accuracy, but chooses by a proper scoring rule of the predicted
+    probabilities: a test fold of a few rows moves accuracy in steps of 1/rows, so candidates
+    tie or swap on one row, while the probabilities still say how sure each model was of the
+    right class. Regression uses R² against the variance of every target row for both: a fold
+    of a handful of rows has a variance of its own that swings from fold to fold, so its own
+    R² ranks candidates by which rows it drew; against the variance of all the target rows the
+    score is 1 - MSE / Var(y), the same yardstick on every split.
+    """
+    if task == "classification":
+        probabilities = np.asarray(predicted, dtype=np.float64)
+        labels = np.asarray(y_test, dtype=np.int64)
+        accuracy = float((probabilities.argmax(axis=1) == labels).mean())
+        return accuracy, _proper_score(probabilities, labels)
+    variance = float(np.var(np.asarray(y_all, dtype=np.float64)))
+    error = float(np.mean((np.asarray(predicted, np.float64) - y_test) ** 2))
+    if not math.isfinite(error):
+        return 0.0, -math.inf
+    score = 1.0 - error / variance if variance > 0 else -error
+    return score, score
+
+
+def cross_validate(
+    candidate: Candidate,
+    data: TransferData,
+    settings: Settings,
+    splits: list[tuple[np.ndarray, np.ndarray]],
+    *,
+    check: Callable[[], None] | None = None,
+) -> Score:
+    """The candidate's held-out score on every split, trained with the full epoch budget.
+
+    No early stopping inside a fold: every fold trains for `settings.epochs`, as the final
+    model does, so the estimate is of what will be delivered.
+    """
+    fold_settings = replace(settings, early_stopping_patience=None)
+    empty = np.zeros(0, dtype=np.int64)
+    scores: list[float] = []
+    selection: list[float] = []
+    for train_idx, test_idx in splits:
+        if check is not None:
+            check()
+        trained = train_candidate(candidate, data, fold_settings, train_idx, empty)
+        x_test = data.x[candidate.normalization][test_idx]
+        predicted = training.predict_batch(trained.model, x_test, data.task)
+        reported, chosen_by = fold_score(data.task, data.y[test_idx], predicted, data.y)
+        scores.append(reported)
+        selection.append(chosen_by)
+    return Score(candidate, scores, selection)
+
+
+@dataclass
+class Choice:
+    """What the guarded selection chose, and the numbers that decided it."""
+
+    chosen: Score
+    best_transfer: Score | None
+    best_target_only: Score | None
+    gain: float | None
+    standard_error: float | None
+    rule: str
+    metric: str = "score"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "choice": self.chosen.candidate.name,
+            "best_transfer": self.best_transfer.candidate.name if self.best_transfer else None,
+            "best_target_only": (
+                self.best_target_only.candidate.name if self.best_target_only else None
+            ),
+            "paired_gain": self.gain,
+            "gain_standard_error": self.standard_error,
+            "guard_standard_errors": GUARD_STANDARD_ERRORS,
+            "selection_metric": self.metric,
+            "rule": self.rule,
+        }
+
+
+def _rank(score: Score) -> tuple[float, int, str, int]:
+    spec = score.candidate.spec
+    return (
+        -round(score.selection_mean, 9),
+        spec.simplicity,
+        spec.name,
+        0 if score.candidate.normalization == "source" else 1,
+    )
+
+
+def best(scores: list[Score]) -> Score:
+    """The highest mean selection score; ties go to the simpler strategy, then to the source's
+    scaling."""
+    if not scores:
+        raise ValueError("no candidate was scored")
+    return min(scores, key=_rank)
+
+
+def paired_gain(better: Score, other: Score) -> tuple[float, float]:
+    """Mean per-split difference of the selection scores, and its standard error.
+
+    Both candidates were scored on the same splits, so the split-to-split swing that both
+    share (an easy fold, a hard fold) cancels in the difference; what is left is the noise
+    of the comparison itself.
+    """
+    diff = np.asarray(better.selection) - np.asarray(other.selection)
+    splits = len(diff)
+    if splits < 2:
+        return float(diff.mean()) if splits else 0.0, math.inf
+    return float(diff.mean()), float(diff.std(ddof=1) / math.sqrt(splits))
+
+
+def choose(scores: list[Score], metric: str = "score") -> Choice:
+    """The guarded choice: the best transfer candidate only when it beats the best
+    target-only one by more than the noise of the difference."""
+    transfer = [s for s in scores if s.candidate.uses_source]
+    target_only = [s for s in scores if not s.candidate.uses_source]
+    if not transfer or not target_only:
+        # Nothing to guard against (a named strategy with both normalisations, say).
+        chosen = best(scores)
+        rule = f"highest mean cross-validated {metric}"
+        return Choice(chosen, None, None, None, None, rule, metric)
+    top_transfer, top_target = best(transfer), best(target_only)
+    gain, error = paired_gain(top_transfer, top_target)
+    threshold = GUARD_STANDARD_ERRORS * error
+    if gain > threshold:
+        rule = (
+            f"transfer: {top_transfer.candidate.name} beats the best target-only candidate "
+            f"{top_target.candidate.name} by {gain:+.4f} {metric} per split, more than "
+            f"{GUARD_STANDARD_ERRORS:g} standard error ({error:.4f})"
+        )
+        chosen = top_transfer
+    else:
+        rule = (
+            f"target-only: the best transfer candidate {top_transfer.candidate.name} gains "
+            f"{gain:+.4f} {metric} per split over {top_target.candidate.name}, within "
+            f"{GUARD_STANDARD_ERRORS:g} standard error ({error:.4f}) of no gain"
+        )
+        chosen = top_target
+    return Choice(chosen, top_transfer, top_target, gain, error, rule, metric)
