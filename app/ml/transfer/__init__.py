@@ -15,7 +15,6 @@ from app.ml.transfer import (  # noqa: F401  (each registers its strategy)
     structure,
 )
 from app.ml.transfer.candidates import (
-    NORMALIZATIONS,
     Candidate,
     Run,
     Settings,
@@ -40,7 +39,6 @@ from app.ml.transfer.shift import domain_shift
 __all__ = [
     "AUTO",
     "BASELINE",
-    "NORMALIZATIONS",
     "Candidate",
     "Choice",
     "Request",

@@ -18,8 +18,6 @@ from app.ml import architectures, training
 from app.ml.errors import DataError
 from app.ml.transfer import _models, registry
 
-NORMALIZATIONS = ("source", "target")
-
 
 @dataclass(frozen=True)
 class Candidate:
