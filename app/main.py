@@ -10,9 +10,10 @@ from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy.exc import DBAPIError
 
 from app.api import api_router
-from app.api.auth import AuthMiddleware, HostCheckMiddleware, secure_openapi
+from app.api.auth import AuthMiddleware, HostCheckMiddleware
 from app.api.docs import add_docs
 from app.api.limits import BodyLimitMiddleware
+from app.api.openapi import complete_openapi
 from app.api.problems import add_exception_handlers
 from app.api.routes import health
 from app.api.routes.predictions import PredictFastLane
@@ -153,6 +154,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        # Generated clients name their functions after operationIds: `create_dataset`, not
+        # `create_dataset_v1_datasets_post`.
+        generate_unique_id_function=lambda route: route.name,
     )
     # Added before the body limit, so the limit wraps it.
     app.add_middleware(PredictFastLane)
@@ -183,5 +187,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api_router)
     app.include_router(v2_router)
     add_docs(app)
-    secure_openapi(app)
+    complete_openapi(app)
     return app

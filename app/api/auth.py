@@ -17,7 +17,6 @@ import math
 import time
 from typing import Any
 
-from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.docs import ASSETS_PATH
@@ -220,55 +219,3 @@ def _host(raw: bytes) -> str:
     if host.startswith("["):  # [::1]:8000
         return host[1:].partition("]")[0]
     return host.rpartition(":")[0] if host.count(":") == 1 else host
-
-
-def secure_openapi(app: FastAPI) -> None:
-    """Declare the bearer scheme, and each operation's scope and 401/403/429 answers, in the
-    OpenAPI document, so /docs has an Authorize button and generated clients take a token."""
-    build = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is not None:
-            return app.openapi_schema
-        schema = build()
-        components = schema.setdefault("components", {})
-        components.setdefault("securitySchemes", {})["bearerAuth"] = {
-            "type": "http",
-            "scheme": "bearer",
-            "description": "An API key: `Authorization: Bearer <key>`. Scopes: `read`, "
-            "`predict`, `train`, `admin` (admin implies all).",
-        }
-        problem = (
-            {"$ref": "#/components/schemas/Problem"}
-            if "Problem" in components.get("schemas", {})
-            else {"type": "object"}
-        )
-        for path, operations in schema.get("paths", {}).items():
-            for method, operation in operations.items():
-                scope_needed = required_scope(method.upper(), path)
-                if scope_needed is None:
-                    operation["security"] = []
-                    continue
-                operation["security"] = [{"bearerAuth": []}]
-                operation["x-required-scope"] = scope_needed
-                note = f"Requires an API key with the `{scope_needed}` scope (or `admin`)."
-                operation["description"] = (
-                    operation.get("description", "") + "\n\n" + note
-                ).strip()
-                responses = operation.setdefault("responses", {})
-                for status, text in (
-                    ("401", "No API key, or an unknown, revoked or expired one"),
-                    ("403", f"The key lacks the `{scope_needed}` scope"),
-                    ("429", "Over the key's request rate; see Retry-After"),
-                ):
-                    responses.setdefault(
-                        status,
-                        {
-                            "description": text,
-                            "content": {"application/problem+json": {"schema": problem}},
-                        },
-                    )
-        app.openapi_schema = schema
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]

@@ -8,6 +8,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+from starlette.types import Scope
 
 from app.errors import AppError
 from app.schemas.predictions import nested_too_deeply
@@ -53,6 +55,25 @@ def problem_response(
     return JSONResponse(
         body, status_code=status, media_type="application/problem+json", headers=headers
     )
+
+
+_PROBED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_methods(app: Any, scope: Scope) -> list[str]:
+    """Every method some route of `app` answers on this request's path, for a 405's Allow.
+
+    The router answers 405 from the first route whose path matched, so its Allow lists that
+    route's methods alone, while a path such as /v1/datasets has a GET and a POST route.
+    Each method is tried against the app's routes with their own matching (included
+    routers, path converters), exactly as the router would dispatch it.
+    """
+    routes = getattr(app, "routes", ())
+    return [
+        method
+        for method in _PROBED_METHODS
+        if any(route.matches({**scope, "method": method})[0] is Match.FULL for route in routes)
+    ]
 
 
 def _location(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -106,7 +127,13 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"no route matches {request.method} {request.url.path}; see /docs"
     elif exc.status_code == 405:
-        detail = f"{request.method} is not allowed on {request.url.path}"
+        allow = allowed_methods(request.app, request.scope)
+        detail = (
+            f"{request.method} is not allowed on {request.url.path}; it answers {', '.join(allow)}"
+        )
+        return problem_response(
+            405, code, title, detail, request=request, headers={"Allow": ", ".join(allow)}
+        )
     elif exc.status_code == 400 and "parsing the body" in detail:
         code, detail = "malformed_body", "the request body could not be parsed"
         if isinstance(exc.__cause__, RecursionError):  # json.loads on deeply nested JSON

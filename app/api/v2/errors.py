@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from app.api.problems import allowed_methods
 from app.errors import AppError
 
 log = logging.getLogger(__name__)
@@ -59,9 +60,12 @@ def _as_v2(request: Request, exc: Exception) -> Response:
         message = str(exc.detail)
         if exc.status_code == 404 and message == "Not Found":
             message = f"no route matches {request.method} {request.url.path}"
-        elif exc.status_code == 405:
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            allow = allowed_methods(request.app, request.scope)
             message = f"{request.method} is not allowed on {request.url.path}"
-        return error_response(exc.status_code, message, getattr(exc, "headers", None))
+            headers = {"Allow": ", ".join(allow)}
+        return error_response(exc.status_code, message, headers)
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return error_response(500, "the server failed to handle this request; it has been logged")
 
