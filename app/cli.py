@@ -123,7 +123,9 @@ def _keys(args: argparse.Namespace) -> None:
                 keys_service.revoke_key(session, args.key_id)
                 print(f"revoked {args.key_id}")
             else:
-                rows, _ = keys_service.list_keys(session, limit=200, after=None)
+                rows, _ = keys_service.list_keys(
+                    session, limit=200, after=None, include_revoked=True
+                )
                 for row in rows:
                     state = "revoked" if row.revoked_at else "active"
                     expiry = row.expires_at.isoformat() if row.expires_at else "never"

@@ -57,5 +57,11 @@ SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 ModelCacheDep = Annotated[ModelCache, Depends(get_model_cache)]
 LimitQuery = Annotated[int, Query(ge=1, le=200, description="Page size.")]
 AfterQuery = Annotated[
-    str | None, Query(description="Cursor: the id of the last item of the previous page.")
+    str | None,
+    Query(
+        min_length=1,
+        max_length=200,
+        description="Cursor: the id of the last item of the previous page (404 "
+        "cursor_not_found when no item has it).",
+    ),
 ]

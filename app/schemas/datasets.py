@@ -1,7 +1,7 @@
 from datetime import datetime
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, StrictBool, model_validator
 
 from app.schemas.common import MAX_INT32, RequestSchema, Schema
 
@@ -48,7 +48,7 @@ class BuiltinDatasetCreate(RequestSchema):
         le=2**32 - 1,
         description="Shuffle the rows with this seed before taking the range.",
     )
-    as_images: bool = Field(
+    as_images: StrictBool = Field(
         False,
         description="Store an image dataset as images (digits: 1x8x8) for a CNN, not as a table.",
     )

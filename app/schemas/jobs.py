@@ -1,7 +1,7 @@
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BeforeValidator, Field, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, StrictBool, model_validator
 
 from app.enums import EventType, JobKind, JobStatus, TargetNormalization, Task
 from app.ml.transfer import registry as strategies
@@ -14,10 +14,19 @@ MAX_FEATURE_COLUMNS = 10_000
 FeatureName = Annotated[str, Field(max_length=200)]
 
 
+def _items_between(low: int, high: int) -> dict[str, Any]:
+    # The range is checked by a validator whose message names the index; the schema states
+    # it too, so that what the document allows is what is accepted.
+    return {"items": {"type": "integer", "minimum": low, "maximum": high}}
+
+
 class Architecture(RequestSchema):
     type: Literal["mlp"] = "mlp"
     hidden_layers: list[int] = Field(
-        default_factory=lambda: [64, 64], max_length=16, description="Width of each hidden layer."
+        default_factory=lambda: [64, 64],
+        max_length=16,
+        description="Width of each hidden layer.",
+        json_schema_extra=_items_between(1, 4096),
     )
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     activation: Literal["relu", "gelu", "tanh", "sigmoid", "leaky_relu", "silu"] = "relu"
@@ -39,14 +48,18 @@ class CnnArchitecture(RequestSchema):
         min_length=1,
         max_length=8,
         description="Output channels of each convolutional block; each block halves H and W.",
+        json_schema_extra=_items_between(1, 512),
     )
     kernel_size: int = Field(3, ge=1, le=9)
     hidden_layers: list[int] = Field(
-        default_factory=lambda: [64], max_length=16, description="Dense layers after the blocks."
+        default_factory=lambda: [64],
+        max_length=16,
+        description="Dense layers after the blocks.",
+        json_schema_extra=_items_between(1, 4096),
     )
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     activation: Literal["relu", "gelu", "tanh", "sigmoid", "leaky_relu", "silu"] = "relu"
-    batch_norm: bool = Field(False, description="BatchNorm2d after each convolution.")
+    batch_norm: StrictBool = Field(False, description="BatchNorm2d after each convolution.")
 
     @model_validator(mode="after")
     def _sizes_in_range(self) -> "CnnArchitecture":
@@ -180,15 +193,12 @@ class SourceTrainingCreate(RequestSchema):
 
 
 class BaseModelRef(RequestSchema):
-    name: str
-    version: int | None = Field(None, ge=1, le=MAX_INT32)
-    alias: str | None = None
+    """A version by number, by alias, or neither (the version `predict` would use); with
+    both, the alias must point at that version (409 alias_mismatch otherwise)."""
 
-    @model_validator(mode="after")
-    def _one_selector(self) -> "BaseModelRef":
-        if self.version is not None and self.alias is not None:
-            raise ValueError("give either version or alias, not both")
-        return self
+    name: str = Field(min_length=1, max_length=200)
+    version: int | None = Field(None, ge=1, le=MAX_INT32)
+    alias: str | None = Field(None, pattern=ALIAS_PATTERN)
 
 
 def _known_strategy(name: str) -> str:

@@ -17,6 +17,38 @@ from app.schemas.models import ModelRef
 Scalar = float | int | str | bool | None
 
 
+_EXAMPLES = [
+    {"instances": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]},
+    {
+        "records": [
+            {
+                "sepal length (cm)": 5.1,
+                "sepal width (cm)": 3.5,
+                "petal length (cm)": 1.4,
+                "petal width (cm)": 0.2,
+            }
+        ]
+    },
+]
+
+
+def _one_form_of_rows(schema: dict[str, Any]) -> None:
+    """Exactly one of `instances` and `records`, a list, as the route checks it.
+
+    Stated with min/maxProperties rather than a oneOf of two object schemas, which
+    generated clients (openapi-python-client) cannot type and skip the operation for.
+    """
+    for name in _FIELDS:
+        field = schema["properties"][name]
+        options = [o for o in field.pop("anyOf", []) if o.get("type") != "null"]
+        field.update(options[0] if options else {})
+        field.pop("default", None)
+        field["minItems"] = 1
+    schema["minProperties"] = 1
+    schema["maxProperties"] = 1
+    schema["examples"] = _EXAMPLES
+
+
 class PredictRequest(RequestSchema):
     # Values are checked against the version's signature, which knows whether a row is a list
     # of numbers and categories or an image (nested lists), so that errors can name the place.
@@ -30,23 +62,7 @@ class PredictRequest(RequestSchema):
         description='Rows as objects keyed by input column name; for images {"image": ...}.',
     )
 
-    model_config = {
-        "json_schema_extra": {
-            "examples": [
-                {"instances": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]},
-                {
-                    "records": [
-                        {
-                            "sepal length (cm)": 5.1,
-                            "sepal width (cm)": 3.5,
-                            "petal length (cm)": 1.4,
-                            "petal width (cm)": 0.2,
-                        }
-                    ]
-                },
-            ]
-        }
-    }
+    model_config = {"json_schema_extra": lambda schema: _one_form_of_rows(schema)}
 
     @model_validator(mode="after")
     def _exactly_one_form(self) -> "PredictRequest":
@@ -125,6 +141,9 @@ def _checked_body(data: Any) -> PredictBody:
     unknown = [key for key in data if key not in _FIELDS]
     if unknown:
         raise _invalid(["body", unknown[0]], "unknown field; expected 'instances' or 'records'")
+    for key in _FIELDS:
+        if key in data and data[key] is None:
+            raise _invalid(["body", key], "is null; expected a list of rows (or leave it out)")
     instances, records = data.get("instances"), data.get("records")
     if (instances is None) == (records is None):
         raise _invalid(["body"], "give exactly one of 'instances' or 'records'")

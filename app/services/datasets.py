@@ -60,14 +60,38 @@ _MEDIA_TYPES = {
 }
 
 
-def detect_format(filename: str | None, content_type: str | None) -> DatasetFormat:
-    """The file's format from its extension, else its media type; 415 when neither is known."""
+# Media types that say nothing about the content: a part sent without one (curl -F with a
+# file that has no extension) or as generic bytes.
+_UNTYPED_MEDIA = frozenset({"", "application/octet-stream"})
+
+
+def _sniff(head: bytes) -> DatasetFormat:
+    """The format of an untyped file from its first bytes: Parquet and .npz (a zip) by
+    their magic numbers, JSON Lines by a leading object, anything else read as CSV."""
+    if head.startswith(b"PAR1"):
+        return DatasetFormat.PARQUET
+    if head.startswith(b"PK\x03\x04"):
+        return DatasetFormat.NPZ
+    if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{"):
+        return DatasetFormat.JSONL
+    return DatasetFormat.CSV
+
+
+def detect_format(
+    filename: str | None, content_type: str | None, head: bytes | None = None
+) -> DatasetFormat:
+    """The file's format from its extension, else its media type, else (for a file with
+    neither, whose first bytes are given) its content; 415 when none of them tells."""
     suffix = PurePath(filename or "").suffix.lower()
     if suffix in _EXTENSIONS:
         return _EXTENSIONS[suffix]
     media = (content_type or "").split(";")[0].strip().lower()
     if media in _MEDIA_TYPES:
         return _MEDIA_TYPES[media]
+    if media in _UNTYPED_MEDIA and not suffix and head is not None:
+        # No extension and no media type: nothing but the bytes says what the file is. An
+        # extension that names another format (.bin, .txt) is still refused below.
+        return _sniff(head)
     raise UnsupportedMediaType(
         "unsupported_media_type",
         f"cannot read {filename or 'the upload'!r} ({media or 'no media type'}); expected a "
@@ -178,8 +202,10 @@ def create_from_upload(
     whole only once the decoded data is gone, to be stored.
     """
     shown = clean_filename(filename)
-    fmt = detect_format(shown if filename else None, content_type)
     stream = frames.as_stream(file)
+    head = stream.read(64)
+    stream.seek(0)
+    fmt = detect_format(shown if filename else None, content_type, head)
     sha256 = _sha256(stream)
     data = _decode_upload(stream, fmt, shown, upload_limits(settings))
     rows, columns = _row_count(data), _describe(data)

@@ -124,10 +124,15 @@ def create_key(
     return row, secret
 
 
-def list_keys(session: Session, *, limit: int, after: str | None) -> tuple[list[ApiKey], bool]:
+def list_keys(
+    session: Session, *, limit: int, after: str | None, include_revoked: bool = False
+) -> tuple[list[ApiKey], bool]:
+    query = select(ApiKey)
+    if not include_revoked:
+        query = query.where(ApiKey.revoked_at.is_(None))
     return paginate(
         session,
-        select(ApiKey),
+        query,
         created_at=ApiKey.created_at,
         key=ApiKey.id,
         limit=limit,
@@ -135,10 +140,22 @@ def list_keys(session: Session, *, limit: int, after: str | None) -> tuple[list[
     )
 
 
-def get_key(session: Session, key_id: str) -> ApiKey:
+def get_key(session: Session, key_id: str, *, include_revoked: bool = False) -> ApiKey:
+    """A key; a revoked one is gone (404 key_revoked) unless `include_revoked`.
+
+    A DELETE answered 204 means the key is gone for clients, as for every other resource;
+    its row stays for the record (`created_by` ids elsewhere keep their meaning), and an
+    admin auditing keys reads it with include_revoked.
+    """
     row = session.get(ApiKey, key_id)
     if row is None:
         raise NotFound("key_not_found", f"no API key with id {key_id!r}")
+    if row.revoked_at is not None and not include_revoked:
+        raise NotFound(
+            "key_revoked",
+            f"API key {key_id!r} was revoked at {row.revoked_at.isoformat()}; "
+            "GET /v1/keys?include_revoked=true lists it",
+        )
     return row
 
 
@@ -150,7 +167,7 @@ def revoke_key(session: Session, key_id: str) -> None:
             "this key comes from GRAFT_ADMIN_KEY and would come back at the next start; "
             "change or unset GRAFT_ADMIN_KEY instead",
         )
-    get_key(session, key_id)
+    get_key(session, key_id, include_revoked=True)
     session.execute(
         update(ApiKey)
         .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))

@@ -164,8 +164,13 @@ class PredictionService:
     ) -> ResolvedVersion:
         """The version asked for: by number, by alias, else `production`, else the latest.
 
-        Raises NotFound (model_not_found, version_not_found, alias_not_found).
+        Raises NotFound (model_not_found, version_not_found, alias_not_found), and
+        Conflict (alias_mismatch) when both are given and the alias points elsewhere.
         """
+        if version is not None and alias is not None:
+            found_by_alias = await self.resolve(name, alias=alias)
+            registry_service.check_alias_target(name, alias, found_by_alias.version, version)
+            return found_by_alias
         if self._lookup.is_sqlite:
             found = self._lookup.find(name, version, alias)
         else:

@@ -80,7 +80,16 @@ def get_version(
 def resolve(
     session: Session, name: str, *, version: int | None = None, alias: str | None = None
 ) -> ModelVersion:
-    """The version asked for: by number, by alias, else `production`, else the latest."""
+    """The version asked for: by number, by alias, else `production`, else the latest.
+
+    Both a number and an alias is a pinned read: the alias must point at that version
+    (409 alias_mismatch otherwise), so a client can use an alias and be sure it did not
+    move under it.
+    """
+    if version is not None and alias is not None:
+        found = resolve(session, name, alias=alias)
+        check_alias_target(name, alias, found.version, version)
+        return found
     if version is not None:
         return get_version(session, name, version)
     if alias is not None:
@@ -104,6 +113,15 @@ def resolve(
         get_model(session, name)
         raise NotFound("version_not_found", f"model {name!r} has no versions yet")
     return get_version(session, name, target)
+
+
+def check_alias_target(name: str, alias: str, target: int, expected: int) -> None:
+    if target != expected:
+        raise Conflict(
+            "alias_mismatch",
+            f"alias {alias!r} of model {name!r} points at version {target}, not {expected}; "
+            "give only the alias, or only the version",
+        )
 
 
 def list_versions(

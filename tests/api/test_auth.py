@@ -163,8 +163,14 @@ class TestKeys:
         assert_problem(
             app_client.get("/v1/models", headers=bearer(key["secret"])), 401, "key_revoked"
         )
-        listed = app_client.get(f"/v1/keys/{key['id']}", headers=bearer(ADMIN)).json()
-        assert listed["revoked_at"] is not None
+        assert_problem(
+            app_client.get(f"/v1/keys/{key['id']}", headers=bearer(ADMIN)), 404, "key_revoked"
+        )
+        ids = {k["id"] for k in app_client.get("/v1/keys", headers=bearer(ADMIN)).json()["data"]}
+        assert key["id"] not in ids
+        audit = app_client.get("/v1/keys?include_revoked=true", headers=bearer(ADMIN)).json()
+        revoked = {k["id"]: k for k in audit["data"]}[key["id"]]
+        assert revoked["revoked_at"] is not None
         assert app_client.delete(f"/v1/keys/{key['id']}", headers=bearer(ADMIN)).status_code == 204
         assert_problem(
             app_client.delete("/v1/keys/key_nope", headers=bearer(ADMIN)), 404, "key_not_found"

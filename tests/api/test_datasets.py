@@ -63,6 +63,16 @@ class TestUpload:
         response = upload(client, "data", csv_bytes(FRAME), "text/csv")
         assert response.status_code == 201
 
+    def test_untyped_file_without_extension_is_read_by_its_content(
+        self, client: TestClient
+    ) -> None:
+        # curl -F file=@data sends no extension and application/octet-stream (or nothing).
+        as_csv = upload(client, "data", csv_bytes(FRAME), "application/octet-stream")
+        assert as_csv.status_code == 201 and as_csv.json()["format"] == "csv"
+        lines = b'{"a": 1, "b": 2}\n{"a": 3, "b": 4}\n'
+        as_jsonl = upload(client, "rows", lines, "application/octet-stream")
+        assert as_jsonl.status_code == 201 and as_jsonl.json()["format"] == "jsonl"
+
     def test_unsupported_type_is_415(self, client: TestClient) -> None:
         response = upload(client, "notes.txt", b"hello", "text/plain")
         body = assert_problem(response, 415, "unsupported_media_type")
@@ -207,7 +217,7 @@ class TestListGetDelete:
 
     def test_unknown_cursor(self, client: TestClient) -> None:
         assert_problem(
-            client.get("/v1/datasets", params={"after": "ds_nope"}), 422, "invalid_cursor"
+            client.get("/v1/datasets", params={"after": "ds_nope"}), 404, "cursor_not_found"
         )
 
     def test_get_and_404(self, client: TestClient) -> None:

@@ -143,7 +143,18 @@ class TestPredictErrors:
         assert_problem(self.post(trained_client, body, "?version=3"), 404, "version_not_found")
         assert_problem(self.post(trained_client, body, "?alias=canary"), 404, "alias_not_found")
         assert_problem(
-            self.post(trained_client, body, "?version=1&alias=canary"), 422, "invalid_selector"
+            self.post(trained_client, body, "?version=1&alias=canary"), 404, "alias_not_found"
+        )
+
+    def test_version_and_alias_together_pin_the_alias(self, trained_client: TestClient) -> None:
+        body = {"instances": [SETOSA]}
+        moved = trained_client.put("/v1/models/iris-source/aliases/canary", json={"version": 1})
+        assert moved.status_code == 200
+        pinned = self.post(trained_client, body, "?version=1&alias=canary")
+        assert pinned.status_code == 200
+        assert pinned.json()["model"] == {"name": "iris-source", "version": 1}
+        assert_problem(
+            self.post(trained_client, body, "?version=2&alias=canary"), 409, "alias_mismatch"
         )
 
 

@@ -106,8 +106,10 @@ class TestModelMetadata:
         assert_v2_error(
             trained_client.get("/v2/models/iris-source/versions/latest"),
             400,
-            "positive integer",
+            "path.version",
         )
+        # Well formed, but past any version a model can have.
+        assert_v2_error(trained_client.get("/v2/models/iris-source/versions/9999999999"), 404)
 
     def test_readiness(self, trained_client: TestClient) -> None:
         assert trained_client.get("/v2/models/iris-source/ready").json() == {

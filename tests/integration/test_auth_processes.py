@@ -64,6 +64,6 @@ def test_keys_made_and_revoked_on_the_command_line(server_factory: ServerFactory
         with as_key(server, secret) as client:
             assert client.get("/v1/models").status_code == 401
     with first.client() as admin:
-        listed = {k["id"]: k for k in admin.get("/v1/keys").json()["data"]}
+        listed = {k["id"]: k for k in admin.get("/v1/keys?include_revoked=true").json()["data"]}
     assert listed[key_id]["revoked_at"] is not None
     assert ADMIN_KEY not in str(listed)

@@ -1,4 +1,6 @@
-from fastapi import APIRouter, Request, Response, status
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response, status
 
 from app.api.deps import AfterQuery, KeyIdDep, LimitQuery, ReadSessionDep, SessionDep
 from app.errors import Invalid
@@ -7,6 +9,10 @@ from app.schemas.keys import KeyCreate, KeyCreated, KeyRead
 from app.services import keys as keys_service
 
 router = APIRouter(prefix="/keys", tags=["keys"])
+
+IncludeRevoked = Annotated[
+    bool, Query(description="Include revoked keys (with their `revoked_at`), for an audit.")
+]
 
 
 @router.post(
@@ -32,10 +38,15 @@ def create_key(
 
 @router.get("", response_model=Page[KeyRead], summary="List API keys")
 def list_keys(
-    session: ReadSessionDep, limit: LimitQuery = 50, after: AfterQuery = None
+    session: ReadSessionDep,
+    limit: LimitQuery = 50,
+    after: AfterQuery = None,
+    include_revoked: IncludeRevoked = False,
 ) -> Page[KeyRead]:
-    """Keys, newest first, revoked ones included (`revoked_at`); never their secrets."""
-    rows, has_more = keys_service.list_keys(session, limit=limit, after=after)
+    """Keys, newest first; never their secrets. Revoked keys only with include_revoked."""
+    rows, has_more = keys_service.list_keys(
+        session, limit=limit, after=after, include_revoked=include_revoked
+    )
     return Page[KeyRead](data=[KeyRead.model_validate(r) for r in rows], has_more=has_more)
 
 
@@ -43,7 +54,8 @@ def list_keys(
     "/{key_id}", response_model=KeyRead, summary="Get an API key", responses=problem_responses(404)
 )
 def get_key(session: ReadSessionDep, key_id: str) -> KeyRead:
-    """One key's name, scopes, expiry and last use."""
+    """One key's name, scopes, expiry and last use; once revoked it is gone (404
+    key_revoked) and only `GET /v1/keys?include_revoked=true` lists it, for an audit."""
     return KeyRead.model_validate(keys_service.get_key(session, key_id))
 
 

@@ -14,6 +14,7 @@ from app.api.problems import problem_response
 from app.errors import AppError, Invalid, UnsupportedMediaType
 from app.observability import Metrics
 from app.schemas.common import MAX_INT32, problem_responses
+from app.schemas.jobs import ALIAS_PATTERN
 from app.schemas.predictions import (
     PredictBody,
     PredictRequest,
@@ -46,7 +47,8 @@ _OPENAPI = {
             "name": "version",
             "in": "query",
             "required": False,
-            "description": "A version number; give this or `alias`, not both.",
+            "description": "A version number. With `alias` too, the alias must point at "
+            "this version (409 alias_mismatch otherwise).",
             "schema": {"type": "integer", "minimum": 1, "maximum": MAX_INT32},
         },
         {
@@ -54,7 +56,7 @@ _OPENAPI = {
             "in": "query",
             "required": False,
             "description": "An alias such as `production`.",
-            "schema": {"type": "string"},
+            "schema": {"type": "string", "pattern": ALIAS_PATTERN},
         },
     ],
     "requestBody": {
@@ -68,7 +70,7 @@ _OPENAPI = {
     "/{name}/predict",
     response_model=PredictResponse,
     summary="Predict with a model",
-    responses=problem_responses(404, 415, 422),
+    responses=problem_responses(404, 409, 415, 422),
     openapi_extra=_OPENAPI,
 )
 async def predict(request: Request) -> Response:
@@ -244,8 +246,6 @@ def _selector(query_string: bytes) -> tuple[int | None, str | None]:
                 f"the request is not valid: query.version: {message}",
                 errors=[{"loc": ["query", "version"], "msg": message}],
             )
-    if version is not None and alias is not None:
-        raise Invalid("invalid_selector", "give either version or alias, not both")
     return version, alias
 
 

@@ -10,7 +10,7 @@ import time
 import zlib
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
@@ -92,9 +92,22 @@ def server_metadata(request: Request) -> dict[str, Any]:
     return {"name": SERVER_NAME, "version": request.app.version, "extensions": EXTENSIONS}
 
 
-def _version_number(version: str) -> int:
-    if not version.isdigit() or not 1 <= int(version) <= MAX_INT32:
+# The protocol types versions as strings; Graft's are 1, 2, 3…, and the path says so.
+VersionPath = Annotated[
+    str,
+    Path(
+        pattern=r"^[1-9][0-9]{0,9}$",
+        description="A version number (1, 2, 3…), as a string as the protocol has it.",
+        examples=["1"],
+    ),
+]
+
+
+def _version_number(name: str, version: str) -> int:
+    if not version.isdigit() or int(version) < 1:
         raise V2Error(400, f"model version must be a positive integer, got {version!r}")
+    if int(version) > MAX_INT32:  # well formed, and no model has that many versions
+        raise V2Error(404, f"model {name!r} has no version {version}")
     return int(version)
 
 
@@ -105,7 +118,7 @@ def _metadata(request: Request, name: str, version: str | None) -> ModelMetadata
 
 
 def _resolve(session: Any, name: str, version: str | None) -> ModelVersion:
-    number = None if version is None else _version_number(version)
+    number = None if version is None else _version_number(name, version)
     try:
         return inference.resolve(session, name, number)
     except NotFound as exc:
@@ -129,7 +142,7 @@ def model_metadata(request: Request, name: str) -> ModelMetadata:
     summary="Model metadata",
     responses=_errors(400, 404),
 )
-def model_version_metadata(request: Request, name: str, version: str) -> ModelMetadata:
+def model_version_metadata(request: Request, name: str, version: VersionPath) -> ModelMetadata:
     """Inputs and outputs of one version."""
     return _metadata(request, name, version)
 
@@ -158,7 +171,7 @@ def model_ready(request: Request, name: str) -> dict[str, Any]:
     summary="Model readiness",
     responses=_errors(400, 404),
 )
-def model_version_ready(request: Request, name: str, version: str) -> dict[str, Any]:
+def model_version_ready(request: Request, name: str, version: VersionPath) -> dict[str, Any]:
     """200 when the version exists, 404 otherwise."""
     return _ready(request, name, version)
 
@@ -212,7 +225,9 @@ async def infer(request: Request, name: str, body: BodyDep) -> Response:
 
 
 @router.post("/models/{name}/versions/{version}/infer", summary="Infer", **_INFER_DOCS)
-async def infer_version(request: Request, name: str, version: str, body: BodyDep) -> Response:
+async def infer_version(
+    request: Request, name: str, version: VersionPath, body: BodyDep
+) -> Response:
     """Predict with one version."""
     return await _infer(request, body, name, version)
 
@@ -232,12 +247,14 @@ async def _infer(request: Request, body: bytes, name: str, version: str | None) 
         # Inflating is cheap to ask for and may take a while: never on the loop.
         body = await asyncio.to_thread(_decompressed, body, encoding, state)
     header_length = _header_length(request)
+    # The message (its encoding and size) first, then the model, then what the body says:
+    # a body meant for a model that does not exist is a 404, whatever it holds.
+    found = await run_in_threadpool(_find, state, name, version)
     service: PredictionService = state.predictions
     large = len(body) > OFF_LOOP_BODY_BYTES
     decoded = await _decoded(body, header_length, service.max_rows, large)
     header = decoded.header
     started = time.perf_counter()
-    found = await run_in_threadpool(_find, state, name, version)
     try:
         if large:
             wanted, binary = _selected_outputs(header, mapping.output_names(found))
