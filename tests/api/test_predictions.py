@@ -221,7 +221,7 @@ class TestHotPathErrors:
             (b'{"instances": [[1]], "extra": 1}', ["body", "extra"]),
             (b'{"instances": {"a": 1}}', ["body", "instances"]),
             (b'{"records": []}', ["body", "records"]),
-            (b'{"instances": null}', ["body"]),
+            (b'{"instances": null}', ["body", "instances"]),
         ],
     )
     def test_malformed_bodies(self, trained_client: TestClient, body: bytes, loc: list) -> None:
