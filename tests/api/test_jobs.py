@@ -221,13 +221,21 @@ class TestFineTuningValidation:
             "alias_not_found",
         )
 
-    def test_version_and_alias_together_is_422(
+    def test_version_and_alias_together_pin_the_alias(
         self, client: TestClient, source_model: dict[str, Any], iris_target: dict[str, Any]
     ) -> None:
-        body = self.body(
-            iris_target["id"], base_model={"name": "iris-src", "version": 1, "alias": "a"}
-        )
-        assert_problem(client.post("/v1/jobs/fine-tuning", json=body), 422, "validation_error")
+        def submit(version: int) -> Any:
+            base = {"name": "iris-src", "version": version, "alias": "a"}
+            return client.post(
+                "/v1/jobs/fine-tuning", json=self.body(iris_target["id"], base_model=base)
+            )
+
+        assert_problem(submit(1), 404, "alias_not_found")
+        assert client.put("/v1/models/iris-src/aliases/a", json={"version": 1}).status_code == 200
+        assert_problem(submit(2), 409, "alias_mismatch")
+        accepted = submit(1)
+        assert accepted.status_code == 202, accepted.text
+        assert accepted.json()["base_model"] == {"name": "iris-src", "version": 1}
 
     def test_unknown_strategy_is_422(
         self, client: TestClient, source_model: dict[str, Any], iris_target: dict[str, Any]
