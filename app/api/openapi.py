@@ -22,6 +22,7 @@ from fastapi import FastAPI
 
 from app.api.auth import required_scope
 from app.api.v2.errors import is_v2_path
+from app.services.datasets import UPLOAD_MEDIA_TYPES
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 _PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
@@ -134,13 +135,18 @@ def _complete_form_fields(operation: dict[str, Any], components: dict[str, Any])
     also marked `format: binary`, the OpenAPI 3.0 way that generated clients (and gateways)
     still read, beside the `contentMediaType` that FastAPI writes for OpenAPI 3.1."""
     content = operation.get("requestBody", {}).get("content", {})
-    form = content.get("multipart/form-data", {}).get("schema", {})
+    multipart = content.get("multipart/form-data", {})
+    form = multipart.get("schema", {})
     reference = form.get("$ref", "")
     target = components.get("schemas", {}).get(reference.rpartition("/")[2], form)
     for name, field in target.get("properties", {}).items():
         field = _without_null(field)
         if field.get("contentMediaType") == "application/octet-stream":
             field["format"] = "binary"
+            # The part's media types Graft reads (octet-stream: by extension or content).
+            multipart.setdefault("encoding", {})[name] = {
+                "contentType": ", ".join(UPLOAD_MEDIA_TYPES)
+            }
         target["properties"][name] = field
 
 

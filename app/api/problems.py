@@ -1,6 +1,8 @@
 """Every error as RFC 9457 problem+json: ours, FastAPI's validation, Starlette's 404/405."""
 
+import functools
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -58,22 +60,48 @@ def problem_response(
 
 
 _PROBED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+_DOCUMENTED_METHODS = ("get", "put", "post", "delete", "patch")
+_TEMPLATE_PARAMETER = re.compile(r"\{[^}/]+\}")
 
 
 def allowed_methods(app: Any, scope: Scope) -> list[str]:
-    """Every method some route of `app` answers on this request's path, for a 405's Allow.
+    """The methods of the resource this request's path names, for a 405's Allow.
 
-    The router answers 405 from the first route whose path matched, so its Allow lists that
-    route's methods alone, while a path such as /v1/datasets has a GET and a POST route.
-    Each method is tried against the app's routes with their own matching (included
-    routers, path converters), exactly as the router would dispatch it.
+    The router answers 405 from the first route whose path matched, so its own Allow lists
+    that route's methods alone, while /v1/datasets has a GET and a POST route. The resource
+    is the most literal path template of the API that matches (/v1/datasets/builtin, not
+    /v1/datasets/{dataset_id}), and its methods are those the document lists for it: the
+    Allow a client reads agrees with the document it was generated from. Paths outside the
+    document (the docs pages) ask the routes themselves.
     """
+    path = scope.get("path", "")
+    matching = [
+        (template.count("{"), template, item)
+        for template, item in _documented_paths(app)
+        if _template_pattern(template).fullmatch(path)
+    ]
+    if matching:
+        _, _, item = min(matching, key=lambda found: found[0])
+        return [m.upper() for m in _DOCUMENTED_METHODS if m in item]
     routes = getattr(app, "routes", ())
     return [
         method
         for method in _PROBED_METHODS
         if any(route.matches({**scope, "method": method})[0] is Match.FULL for route in routes)
     ]
+
+
+def _documented_paths(app: Any) -> list[tuple[str, dict[str, Any]]]:
+    openapi = getattr(app, "openapi", None)
+    if openapi is None:
+        return []
+    return list(openapi().get("paths", {}).items())
+
+
+@functools.lru_cache(maxsize=256)
+def _template_pattern(template: str) -> re.Pattern[str]:
+    parts = _TEMPLATE_PARAMETER.split(template)
+    return re.compile("[^/]+".join(re.escape(part) for part in parts))
 
 
 def _location(loc: tuple[Any, ...] | list[Any]) -> str:

@@ -60,6 +60,9 @@ _MEDIA_TYPES = {
 }
 
 
+# For the OpenAPI document: the media types an upload's file part may carry.
+UPLOAD_MEDIA_TYPES = (*_MEDIA_TYPES, "application/octet-stream")
+
 # Media types that say nothing about the content: a part sent without one (curl -F with a
 # file that has no extension) or as generic bytes.
 _UNTYPED_MEDIA = frozenset({"", "application/octet-stream"})

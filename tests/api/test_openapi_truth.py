@@ -90,6 +90,16 @@ class TestAllow:
         assert set(one.headers["allow"].split(", ")) == {"DELETE", "GET"}
         alias = client.options("/v1/models/m/aliases/a")
         assert set(alias.headers["allow"].split(", ")) == {"DELETE", "PUT"}
+        # A literal path is its own resource, though /v1/datasets/{dataset_id} matches it too.
+        assert client.options("/v1/datasets/builtin").headers["allow"] == "POST"
+        assert client.options("/v1/jobs/fine-tuning").headers["allow"] == "POST"
+
+    def test_allow_agrees_with_the_document_for_every_path(self, client: TestClient) -> None:
+        for template, item in document(client)["paths"].items():
+            path = template.replace("{", "x").replace("}", "")
+            allowed = client.request("TRACE", path).headers.get("allow", "")
+            documented = {m.upper() for m in item}
+            assert set(allowed.split(", ")) == documented, (template, allowed)
 
     def test_405_under_v2_keeps_the_protocol_body(self, client: TestClient) -> None:
         response = client.delete("/v2/models/m/infer")
