@@ -375,6 +375,16 @@ class TestChoice:
         assert choice.chosen.candidate.name == "scratch/target"
         assert choice.rule.startswith("target-only:")
 
+    def test_the_simplest_within_one_standard_error_of_the_best_is_picked(self):
+        # scratch leads linear by noise (the splits disagree), so the simpler linear is taken.
+        scratch = _score("scratch", "target", [0.8, 0.6, 0.9, 0.6])
+        linear = _score("linear", "target", [0.6, 0.7, 0.7, 0.7])
+        assert transfer.selection.best([scratch, linear]) is scratch
+        assert transfer.selection.simplest_within_noise([scratch, linear]) is linear
+        # A lead larger than its noise stands.
+        clear = _score("scratch", "target", [0.9, 0.8, 0.9, 0.8])
+        assert transfer.selection.simplest_within_noise([clear, linear]) is clear
+
     def test_the_gain_is_paired_split_by_split(self):
         # Both swing together from split to split: the difference alone is what counts.
         a = _score("parameter", "source", [1.0, 0.6, 0.9, 0.5])
