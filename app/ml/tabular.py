@@ -43,18 +43,28 @@ def fit_features(frame: pd.DataFrame, feature_columns: list[str]) -> dict[str, A
             raise DataError(f"column {name!r} has no values (every row is empty)")
         if _is_numeric(series.dtype):
             values = _finite_numbers(series, name)
-            std = float(values.std())
-            if not np.isfinite(std) or std == 0.0:
-                std = 1.0
-            columns.append(
-                {"name": name, "kind": "numeric", "mean": float(values.mean()), "std": std}
-            )
+            mean, std = _standardisation(values)
+            columns.append({"name": name, "kind": "numeric", "mean": mean, "std": std})
             input_dim += 1
         else:
             categories = _categories(series)
             columns.append({"name": name, "kind": "categorical", "categories": categories})
             input_dim += len(categories)
     return {"columns": columns, "input_dim": input_dim}
+
+
+def _standardisation(values: np.ndarray) -> tuple[float, float]:
+    """Mean and std of a numeric column; std 1 for a constant column.
+
+    A column of one repeated value can have a std of ~1e-17 rather than 0 (the mean's
+    rounding); dividing by that would turn any other value into ~1e16, so a spread at
+    rounding level of the values' size counts as none.
+    """
+    mean = float(values.mean())
+    std = float(values.std())
+    if not np.isfinite(std) or std == 0.0 or std <= 1e-9 * abs(mean):
+        std = 1.0
+    return mean, std
 
 
 def transform_features(spec: dict[str, Any], frame: pd.DataFrame) -> np.ndarray:
@@ -96,11 +106,11 @@ def refit_scaling(spec: dict[str, Any], frame: pd.DataFrame) -> dict[str, Any]:
     for column in spec["columns"]:
         if column["kind"] == "numeric":
             values = _finite_numbers(_column(frame, column["name"]), column["name"])
-            std = float(values.std()) if len(values) else 0.0
-            if not np.isfinite(std) or std == 0.0:
-                std = 1.0
-            mean = float(values.mean()) if len(values) else column["mean"]
-            column = {**column, "mean": mean, "std": std}
+            if len(values):
+                mean, std = _standardisation(values)
+                column = {**column, "mean": mean, "std": std}
+            else:
+                column = {**column, "std": 1.0}
         columns.append(column)
     return {**spec, "columns": columns}
 

@@ -13,6 +13,7 @@ from app.ml.tabular import (
     fit_target,
     infer_task,
     merge_classes,
+    refit_scaling,
     transform_features,
 )
 
@@ -66,6 +67,19 @@ def test_numeric_columns_are_standardised_and_invertible(frame: pd.DataFrame) ->
 def test_constant_numeric_column_gets_unit_std() -> None:
     spec = fit_features(pd.DataFrame({"c": [4.0, 4.0]}), ["c"])
     assert spec["columns"][0] == {"name": "c", "kind": "numeric", "mean": 4.0, "std": 1.0}
+
+
+def test_a_column_constant_up_to_rounding_is_constant() -> None:
+    # 221 copies of one value have a std of ~7e-18, not 0 (diabetes' `sex` within one sex).
+    values = [0.0506801187398187] * 221
+    spec = fit_features(pd.DataFrame({"c": values}), ["c"])
+    assert spec["columns"][0]["std"] == 1.0
+    other = transform_features(spec, pd.DataFrame({"c": [-0.0446416365069974]}))
+    assert abs(float(other[0, 0])) < 1.0
+    assert refit_scaling(spec, pd.DataFrame({"c": values}))["columns"][0]["std"] == 1.0
+    # A genuinely tiny spread is kept.
+    tiny = fit_features(pd.DataFrame({"c": [1e-15, 2e-15, 3e-15]}), ["c"])
+    assert tiny["columns"][0]["std"] == pytest.approx(np.std([1e-15, 2e-15, 3e-15]))
 
 
 def test_one_hot_blocks_round_trip(frame: pd.DataFrame) -> None:
