@@ -154,7 +154,7 @@ class TestStrategies:
 
 
 class TestAuto:
-    def test_scores_every_candidate_picks_the_best_and_retrains_on_all_rows(
+    def test_scores_every_candidate_picks_the_best_and_trains_it_as_a_named_job_would(
         self, client: TestClient, database: Database
     ) -> None:
         _, target = source_and_target(client, database, shift=1.0)
@@ -191,7 +191,10 @@ class TestAuto:
         floor = max(target_only, key=lambda c: c["selection_score"])
         assert selection["best_transfer"] == top["candidate"]
         assert selection["best_target_only"] == floor["candidate"]
-        threshold = selection["guard_standard_errors"] * selection["gain_standard_error"]
+        threshold = max(
+            selection["guard_standard_errors"] * selection["gain_standard_error"],
+            selection["minimum_gain"],
+        )
         expected = top if selection["paired_gain"] > threshold else floor
         assert selection["choice"] == expected["candidate"]
         assert selection["rule"].startswith("transfer:" if expected is top else "target-only:")
@@ -204,7 +207,13 @@ class TestAuto:
             if (e["data"] or {}).get("phase") == "cross_validation"
         ]
         assert {e["data"]["candidate"] for e in cv} == names
-        assert version["metrics"]["rows"] == {"train": 40, "validation": 0}
+        # The chosen candidate is trained as a job naming it: a validation share of the 40 rows
+        # picks the best epoch, except for the closed-form linear model.
+        closed_form = selection["choice"] == "linear/target"
+        expected_rows = (
+            {"train": 40, "validation": 0} if closed_form else {"train": 32, "validation": 8}
+        )
+        assert version["metrics"]["rows"] == expected_rows
         prediction = client.post("/v1/models/auto/predict", json={"instances": [[2.0, 0.0]]})
         assert prediction.status_code == 200, prediction.text
 
@@ -246,13 +255,14 @@ class TestAuto:
         assert version["strategy"] == "linear"
         assert version["architecture"]["hidden_layers"] == []
         assert version["metrics"]["epochs_run"] == 0
+        # Closed form: no epoch to pick, so no validation rows are held out.
+        assert version["metrics"]["rows"] == {"train": 40, "validation": 0}
         # The served probabilities are scikit-learn's on the target-standardised inputs.
         frame = blobs_frame(40, 1, flip=True)
         x = frame[["x1", "x2"]].to_numpy()
-        train_idx, _ = training.split_indices(40, 0.2, 0, (frame["label"] == "b").to_numpy())
         scaled = (x - x.mean(axis=0)) / x.std(axis=0)
         labels = (frame["label"] == "b").to_numpy().astype(int)
-        expected = LogisticRegression(max_iter=1000).fit(scaled[train_idx], labels[train_idx])
+        expected = LogisticRegression(max_iter=1000).fit(scaled, labels)
         served = client.post("/v1/models/lin/predict", json={"instances": x[:5].tolist()}).json()
         assert np.allclose(served["probabilities"], expected.predict_proba(scaled[:5]), atol=1e-4)
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from pydantic import ValidationError
 from torch import nn
 
@@ -13,7 +14,7 @@ from app.config import Settings as AppSettings
 from app.main import create_app
 from app.ml import transfer
 from app.ml.architectures import build_model
-from app.ml.transfer import plan, registry
+from app.ml.transfer import registry
 from app.ml.transfer.candidates import Run, Trained
 from app.schemas.jobs import FineTuningCreate
 from tests.ml.conftest import ARCHITECTURE, CLASSIFICATION, train
@@ -151,16 +152,43 @@ class TestGuard:
         assert result.choice.uses_source is False
         selection = result.extra_metrics["selection"]
         assert selection["rule"].startswith("target-only:")
-        assert selection["paired_gain"] <= selection["gain_standard_error"]
+        assert selection["paired_gain"] <= max(
+            selection["gain_standard_error"], selection["minimum_gain"]
+        )
         assert any("no transfer candidate's gain was larger than its noise" in m for m in messages)
 
-    def test_the_final_fit_takes_the_steps_of_the_cross_validation_fits(self) -> None:
-        splits = transfer.fold_indices(np.arange(40) % 2, "classification", 4, 1, seed=0)
-        matched = plan.matched_steps(transfer.Settings(batch_size=32), splits, 40)
-        # 30 rows per training fold: one batch of 32; all 40 rows must then be one batch too.
-        assert matched.batch_size == 40
-        assert plan.matched_steps(transfer.Settings(batch_size=8), splits, 40).batch_size == 10
-        assert plan.matched_steps(transfer.Settings(batch_size=64), splits, 40).batch_size == 64
+    def test_auto_delivers_the_model_a_job_naming_its_choice_delivers(
+        self, source_model: nn.Module
+    ) -> None:
+        data = _data(source_model, n=32, seed=1)
+        settings = transfer.Settings(epochs=10, learning_rate=0.01, seed=2)
+        chosen = transfer.fine_tune(data, transfer.Request("auto", "auto", settings, cv_repeats=1))
+        named = transfer.fine_tune(
+            data,
+            transfer.Request(chosen.choice.strategy, chosen.choice.normalization, settings),
+            report=False,
+        )
+        # The same rows held out for validation, the same best epoch: the same weights.
+        assert (chosen.train_rows, chosen.validation_rows) == (
+            named.train_rows,
+            named.validation_rows,
+        )
+        for (name, mine), (_, theirs) in zip(
+            chosen.trained.model.state_dict().items(),
+            named.trained.model.state_dict().items(),
+            strict=True,
+        ):
+            assert torch.equal(mine, theirs), name
+
+    def test_a_closed_form_candidate_learns_from_every_row(self, source_model: nn.Module) -> None:
+        data = _data(source_model, n=30, seed=1)
+        result = transfer.fine_tune(
+            data, transfer.Request("linear", "target", transfer.Settings()), report=False
+        )
+        assert (result.train_rows, result.validation_rows) == (30, 0)
+        rows = np.arange(30)
+        train, val = transfer.holdout(transfer.Candidate("parameter", "source"), data, rows, 0.2, 0)
+        assert (len(train), len(val)) == (24, 6) and set(train) | set(val) == set(rows)
 
 
 def test_regression_folds_score_against_the_variance_of_every_row() -> None:

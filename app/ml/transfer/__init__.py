@@ -20,6 +20,7 @@ from app.ml.transfer.candidates import (
     Settings,
     Trained,
     TransferData,
+    holdout,
     prepare_model,
     train_candidate,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "fine_tune",
     "fold_indices",
     "fold_plan",
+    "holdout",
     "prepare_model",
     "score_name",
     "train_candidate",

@@ -267,6 +267,25 @@ class Run:
         return training.TrainResult(0, 0, False, [], metrics)
 
 
+def holdout(
+    candidate: Candidate,
+    data: TransferData,
+    rows: np.ndarray,
+    validation_fraction: float,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The rows `candidate` trains on and the validation rows whose loss picks its best epoch,
+    split from `rows` as a job naming the candidate splits its target rows.
+
+    A closed-form candidate holds nothing out: it has no epochs to pick from.
+    """
+    if candidate.spec.closed_form or validation_fraction == 0 or len(rows) < 2:
+        return rows, np.zeros(0, dtype=np.int64)
+    strata = data.y[rows] if data.task == "classification" else None
+    train, val = training.split_indices(len(rows), validation_fraction, seed, strata)
+    return rows[train], rows[val]
+
+
 def train_candidate(
     candidate: Candidate,
     data: TransferData,

@@ -40,6 +40,7 @@ SPEC = register(
         prepare=prepare,
         train=train,
         tabular_only=True,
+        closed_form=True,
         simplicity=10,
         hyperparameters=("linear_regularisation",),
     )

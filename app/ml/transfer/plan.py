@@ -5,9 +5,8 @@ Pure: no database, no HTTP. The job runner loads the base version and the rows, 
 the benchmark measures exactly what a job delivers.
 """
 
-import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -15,7 +14,14 @@ import numpy as np
 from app.ml import training
 from app.ml.errors import DataError
 from app.ml.transfer import registry, selection
-from app.ml.transfer.candidates import Candidate, Settings, Trained, TransferData, train_candidate
+from app.ml.transfer.candidates import (
+    Candidate,
+    Settings,
+    Trained,
+    TransferData,
+    holdout,
+    train_candidate,
+)
 
 # kind ("log" | "metrics" | "warning"), message, data
 Emit = Callable[[str, str, dict[str, Any] | None], None]
@@ -156,7 +162,14 @@ def fine_tune(
             {"candidates": [c.name for c in scored], "folds": folds, "repeats": repeats},
         )
         for candidate in scored:
-            score = selection.cross_validate(candidate, data, settings, splits, check=check)
+            score = selection.cross_validate(
+                candidate,
+                data,
+                settings,
+                splits,
+                validation_fraction=request.validation_fraction,
+                check=check,
+            )
             scores[candidate] = score
             say(
                 "metrics",
@@ -179,28 +192,14 @@ def fine_tune(
     else:
         choice = candidates[0]
 
-    # The final model: a choice by cross-validation is retrained on every target row, taking
-    # as many optimiser steps as its cross-validation fits took (batches grow with the rows),
-    # so that its score estimates what is delivered; a named strategy keeps the usual
-    # train/validation split and early stopping.
-    final_settings = settings
-    if chooses:
-        train_idx, val_idx = np.arange(len(data.y)), np.zeros(0, dtype=np.int64)
-        final_settings = matched_steps(settings, splits, len(data.y))
-        if final_settings.batch_size != settings.batch_size:
-            say(
-                "log",
-                f"final fit on all {len(data.y)} rows in batches of "
-                f"{final_settings.batch_size}: the optimiser steps per epoch of the "
-                "cross-validation fits",
-            )
-    else:
-        strata = data.y if task == "classification" else None
-        train_idx, val_idx = training.split_indices(
-            len(data.y), request.validation_fraction, settings.seed, strata
-        )
+    # The final model is what a job naming the chosen candidate delivers: trained on the
+    # target rows less a validation share whose loss picks the best epoch, exactly as each
+    # cross-validation fold trained it, so that its score estimates what is delivered.
+    train_idx, val_idx = holdout(
+        choice, data, np.arange(len(data.y)), request.validation_fraction, settings.seed
+    )
     trained = train_candidate(
-        choice, data, final_settings, train_idx, val_idx, on_epoch=on_epoch, on_batch=on_batch
+        choice, data, settings, train_idx, val_idx, on_epoch=on_epoch, on_batch=on_batch
     )
     for note in trained.notes:
         say("log", note)
@@ -224,7 +223,7 @@ def fine_tune(
         say(
             "log",
             f"auto: chose the target-only {choice.name}; no transfer candidate's gain was "
-            "larger than its noise on these rows",
+            f"larger than its noise and than {selection.MIN_TRANSFER_GAIN:g} on these rows",
         )
     extra: dict[str, Any] = {"transfer_report": summary}
     if choice_info is not None:
@@ -234,23 +233,6 @@ def fine_tune(
             **choice_info.as_dict(),
         }
     return Result(trained, choice, len(train_idx), len(val_idx), extra)
-
-
-def matched_steps(
-    settings: Settings, splits: list[tuple[np.ndarray, np.ndarray]], rows: int
-) -> Settings:
-    """`settings` with the batch size that gives `rows` rows the optimiser steps per epoch
-    that the splits' training folds had.
-
-    Otherwise a few more rows can cross a batch boundary (30 rows in one batch of 32, 40 in
-    two) and double the steps of the delivered model, which then overfits where its folds did
-    not.
-    """
-    if not splits:
-        return settings
-    fold_rows = float(np.mean([len(train) for train, _ in splits]))
-    steps = max(1, math.ceil(fold_rows / settings.batch_size))
-    return replace(settings, batch_size=max(settings.batch_size, math.ceil(rows / steps)))
 
 
 def _report(

@@ -44,6 +44,9 @@ class StrategySpec:
     needs_source_rows: bool = False
     # Reads rows x features only (no images).
     tabular_only: bool = False
+    # Fitted in closed form, not by epochs: no validation rows are held out for it (they
+    # would only pick the best epoch), so it learns from every row it is given.
+    closed_form: bool = False
     # Lower is simpler: a tie between candidates goes to the simpler one.
     simplicity: int = 50
     # The hyperparameters only this strategy reads, for the docs.
