@@ -56,6 +56,8 @@ def _serve(args: argparse.Namespace) -> None:
             host=args.host or settings.host,
             port=args.port or settings.port,
             log_level=settings.log_level,
+            # Graft writes its own access log (GRAFT_ACCESS_LOG), off the request path.
+            access_log=False,
             # Event streams stay open while their job runs; on shutdown, end them after a
             # moment (clients resume with Last-Event-ID) instead of waiting for every job.
             timeout_graceful_shutdown=5,

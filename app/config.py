@@ -46,6 +46,18 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"
+    access_log: bool = Field(
+        True,
+        description="One JSON line per request on stdout (request id, route, status, latency, "
+        "key id, model and version), written by a background thread.",
+    )
+    access_log_predict_sample: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of successful predict requests the access log writes (errors and "
+        "other routes are always written).",
+    )
 
     # Jobs that hold: time limits, live events, executors (issue 3).
     job_timeout_seconds: float = Field(

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy.exc import DBAPIError
 
+from app.access_log import AccessLog
 from app.api import api_router
 from app.api.auth import AuthMiddleware, HostCheckMiddleware
 from app.api.docs import add_docs
@@ -136,6 +137,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            if app.state.access_log is not None:
+                app.state.access_log.close()
             await app.state.event_hub.close()
             if app.state.worker_pool is not None:
                 app.state.worker_pool.stop()
@@ -173,13 +176,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
-            expose_headers=["Location", "Retry-After", "Idempotent-Replayed", "ETag"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "Idempotency-Key",
+                "Last-Event-ID",
+                "X-Request-ID",
+            ],
+            expose_headers=[
+                "Location",
+                "Retry-After",
+                "Idempotent-Replayed",
+                "ETag",
+                "X-Request-ID",
+            ],
         )
     app.add_middleware(HostCheckMiddleware, settings=settings)
     # Outermost, so that it also counts the 413s the body limit answers itself.
     app.state.metrics = Metrics(app.state)
-    app.add_middleware(RequestMetricsMiddleware, metrics=app.state.metrics)
+    app.state.access_log = (
+        AccessLog(predict_sample=settings.access_log_predict_sample)
+        if settings.access_log
+        else None
+    )
+    app.add_middleware(
+        RequestMetricsMiddleware, metrics=app.state.metrics, access_log=app.state.access_log
+    )
     add_exception_handlers(app)
     scope_exception_handlers(app)
     app.include_router(health.router)

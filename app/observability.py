@@ -35,6 +35,8 @@ from starlette.responses import Response
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.access_log import AccessLog, request_id
+from app.api.auth import KEY_ID
 from app.db.models import Job
 from app.enums import JobKind, JobStatus
 
@@ -252,14 +254,20 @@ class JobsCollector(Collector):
 
 
 class RequestMetricsMiddleware:
-    """Counts and times every HTTP request by method, route template and status.
+    """Counts and times every HTTP request by method, route template and status, and hands
+    each request's line to the access log when there is one.
 
-    Pure ASGI (no BaseHTTPMiddleware): one wrapped `send` and a dict lookup per request.
+    Pure ASGI (no BaseHTTPMiddleware): one wrapped `send` and a dict lookup per request. With
+    an access log, every response carries `X-Request-ID`: the client's if it sent a usable
+    one, else a new one, the same as in the request's log line.
     """
 
-    def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
+    def __init__(
+        self, app: ASGIApp, *, metrics: Metrics, access_log: AccessLog | None = None
+    ) -> None:
         self.app = app
         self.metrics = metrics
+        self.access_log = access_log
         self._templates: dict[tuple[int, str], str] = {}
         self._documented_paths: frozenset[str] | None = None
 
@@ -269,11 +277,18 @@ class RequestMetricsMiddleware:
             return
         started = time.perf_counter()
         status = 500  # what the client gets if the app raises before answering
+        access_log = self.access_log
+        if access_log is not None:
+            wall = time.time()
+            rid = request_id(_header(scope, b"x-request-id"))
+            rid_header = (b"x-request-id", rid.encode("ascii"))
 
         async def send_with_status(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if access_log is not None:
+                    message["headers"] = [*message.get("headers", ()), rid_header]
             await send(message)
 
         try:
@@ -281,7 +296,27 @@ class RequestMetricsMiddleware:
         finally:
             method = scope["method"] if scope["method"] in _METHODS else "OTHER"
             route = self._template(scope)
-            self.metrics.observe_request(method, route, status, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self.metrics.observe_request(method, route, status, seconds)
+            if access_log is not None and access_log.keep(route, status):
+                state = scope.get("state")
+                resolved = state.get("model_version") if state else None
+                client = scope.get("client")
+                access_log.record(
+                    (
+                        wall,
+                        rid,
+                        method,
+                        route,
+                        scope["path"],
+                        status,
+                        seconds,
+                        client[0] if client else None,
+                        scope.get(KEY_ID),
+                        resolved.name if resolved is not None else None,
+                        resolved.version if resolved is not None else None,
+                    )
+                )
 
     def _template(self, scope: Scope) -> str:
         """The matched route's full template, `<unmatched>` when no route matched.
@@ -322,6 +357,13 @@ class RequestMetricsMiddleware:
                 paths = {}
             self._documented_paths = frozenset(paths)
         return self._documented_paths
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
 
 
 router = APIRouter(tags=["operations"])

@@ -250,6 +250,10 @@ async def _infer(request: Request, body: bytes, name: str, version: str | None) 
     # The message (its encoding and size) first, then the model, then what the body says:
     # a body meant for a model that does not exist is a 404, whatever it holds.
     found = await run_in_threadpool(_find, state, name, version)
+    # For the access log's model and version, as /v1's predict sets it.
+    request.scope.setdefault("state", {})["model_version"] = ResolvedVersion(
+        found.id, found.model_name, found.version
+    )
     service: PredictionService = state.predictions
     large = len(body) > OFF_LOOP_BODY_BYTES
     decoded = await _decoded(body, header_length, service.max_rows, large)

@@ -1,0 +1,100 @@
+"""The access log: what a line holds, that sampling never hides errors, and request ids."""
+
+import io
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.access_log import AccessLog, format_line, request_id
+from app.config import Settings
+from app.main import create_app
+
+
+def _entry(route: str = "/v1/models/{name}/predict", status: int = 200) -> tuple:
+    return (
+        1_765_000_000.25,
+        "rid-1",
+        "POST",
+        route,
+        "/v1/models/iris/predict",
+        status,
+        0.0012345,
+        "127.0.0.1",
+        "key_abc",
+        "iris",
+        3,
+    )
+
+
+def test_a_line_is_one_json_object_with_the_request_fields() -> None:
+    line = format_line(_entry())
+    assert line.endswith("\n") and line.count("\n") == 1
+    assert json.loads(line) == {
+        "ts": "2025-12-06T05:46:40.250+00:00",
+        "request_id": "rid-1",
+        "method": "POST",
+        "route": "/v1/models/{name}/predict",
+        "path": "/v1/models/iris/predict",
+        "status": 200,
+        "latency_ms": 1.234,
+        "client": "127.0.0.1",
+        "key_id": "key_abc",
+        "model": "iris",
+        "version": 3,
+    }
+    plain = json.loads(format_line((*_entry()[:9], None, None)))
+    assert "model" not in plain and "version" not in plain
+
+
+def test_the_writer_thread_writes_every_queued_line_by_close() -> None:
+    stream = io.StringIO()
+    log = AccessLog(stream)
+    for _ in range(1000):
+        log.record(_entry())
+    log.close()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1000 and all(json.loads(x)["status"] == 200 for x in lines)
+
+
+def test_sampling_thins_successful_predictions_only() -> None:
+    log = AccessLog(io.StringIO(), predict_sample=0.0)
+    assert not log.keep("/v1/models/{name}/predict", 200)
+    assert not log.keep("/v2/models/{name}/infer", 200)
+    assert log.keep("/v1/models/{name}/predict", 422)  # errors are always written
+    assert log.keep("/v1/jobs", 200)
+    assert AccessLog(io.StringIO(), predict_sample=1.0).keep("/v1/models/{name}/predict", 200)
+    with pytest.raises(ValueError):
+        AccessLog(io.StringIO(), predict_sample=1.5)
+
+
+@pytest.mark.parametrize(
+    ("inbound", "kept"),
+    [
+        (b"req-42.a:b_c", True),
+        (b"x" * 128, True),
+        (b"x" * 129, False),
+        (b"has space", False),
+        (b"\xff\xfe", False),
+        (b"line\nbreak", False),
+        (None, False),
+    ],
+)
+def test_a_client_request_id_is_kept_only_when_it_is_a_plain_token(
+    inbound: bytes | None, kept: bool
+) -> None:
+    rid = request_id(inbound)
+    if kept:
+        assert inbound is not None and rid == inbound.decode()
+    else:
+        assert len(rid) == 16 and int(rid, 16) >= 0
+
+
+def test_every_response_carries_the_request_id(client: TestClient, settings: Settings) -> None:
+    echoed = client.get("/healthz", headers={"X-Request-ID": "trace-7"})
+    assert echoed.headers["x-request-id"] == "trace-7"
+    fresh = client.get("/v1/nothing-here")
+    assert fresh.status_code == 404 and len(fresh.headers["x-request-id"]) == 16
+    quiet = settings.model_copy(update={"access_log": False})
+    with TestClient(create_app(quiet)) as other:
+        assert "x-request-id" not in other.get("/healthz").headers
