@@ -2,10 +2,12 @@
 
 import io
 import json
+import time
 
 import pytest
 from fastapi.testclient import TestClient
 
+from app import access_log
 from app.access_log import AccessLog, format_line, request_id
 from app.config import Settings
 from app.main import create_app
@@ -29,7 +31,7 @@ def _entry(route: str = "/v1/models/{name}/predict", status: int = 200) -> tuple
 
 def test_a_line_is_one_json_object_with_the_request_fields() -> None:
     line = format_line(_entry())
-    assert line.endswith("\n") and line.count("\n") == 1
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
     assert json.loads(line) == {
         "ts": "2025-12-06T05:46:40.250+00:00",
         "request_id": "rid-1",
@@ -47,14 +49,37 @@ def test_a_line_is_one_json_object_with_the_request_fields() -> None:
     assert "model" not in plain and "version" not in plain
 
 
-def test_the_writer_thread_writes_every_queued_line_by_close() -> None:
+def test_the_writer_thread_writes_every_pending_line_by_close() -> None:
     stream = io.StringIO()
-    log = AccessLog(stream)
-    for _ in range(1000):
+    log = AccessLog(stream, flush_seconds=0.01)
+    for _ in range(3000):
         log.record(_entry())
     log.close()
     lines = stream.getvalue().splitlines()
-    assert len(lines) == 1000 and all(json.loads(x)["status"] == 200 for x in lines)
+    assert len(lines) == 3000 and all(json.loads(x)["status"] == 200 for x in lines)
+    assert log.dropped == 0
+
+
+def test_the_writer_writes_without_being_closed() -> None:
+    stream = io.StringIO()
+    log = AccessLog(stream, flush_seconds=0.01)
+    log.record(_entry())
+    deadline = time.monotonic() + 5
+    while not stream.getvalue() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert json.loads(stream.getvalue())["request_id"] == "rid-1"
+    log.close()
+
+
+def test_lines_past_the_bound_are_counted_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(access_log, "MAX_PENDING", 10)
+    stream = io.StringIO()
+    log = AccessLog(stream, flush_seconds=60)  # the writer does not wake during the test
+    for _ in range(25):
+        log.record(_entry())
+    assert log.dropped == 15
+    log.close()
+    assert len(stream.getvalue().splitlines()) == 10
 
 
 def test_sampling_thins_successful_predictions_only() -> None:

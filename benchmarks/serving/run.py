@@ -6,8 +6,9 @@ one run:
 1. starts Graft with a worker, and through its API imports Iris, trains the small model
    (4 -> 64 -> 64 -> 3) and the large one (256 -> 1024 -> 1024 -> 10, on synthetic data),
    then downloads their weights for the baselines;
-2. starts, each as one uvicorn process pinned to one core (`taskset`), Graft (plus variants:
-   batching off, every forward pass on a thread) and the two baselines holding the same
+2. starts, each as one uvicorn process pinned to one core (`taskset`), Graft as shipped (keys
+   checked, JSON access log on; plus variants: access log off, batching off, every forward
+   pass on a thread) and the two baselines holding the same
    weights, and checks that all answer the same JSON;
 3. loads them with `wrk`, pinned to another core, at concurrency 1, 8 and 64 with bodies of
    1 and 64 rows, the servers interleaved and the whole repeated `--rounds` times;
@@ -539,13 +540,15 @@ def _benchmark(args: argparse.Namespace, work: Path, logs: Path) -> dict[str, An
         GRAFT_BATCHING="false",
         GRAFT_RATE_LIMIT_PER_SECOND="0",
     )
+    # Graft as shipped keeps its JSON access log on; this one is the same without it.
+    unlogged = _graft("graft-nolog", data_dir, cpu, logs, GRAFT_ACCESS_LOG="false")
     idiomatic = _baseline("idiomatic", folders[SMALL], cpu, logs)
     ceiling = _baseline("ceiling", folders[SMALL], cpu, logs)
     small_path, large_path = f"/v1/models/{SMALL}/predict", f"/v1/models/{LARGE}/predict"
     results = Results()
-    with _running([graft, threaded, unbatched, idiomatic, ceiling]):
+    with _running([graft, threaded, unbatched, unlogged, idiomatic, ceiling]):
         small_servers = [graft, idiomatic, ceiling]
-        for server in [*small_servers, threaded, unbatched]:
+        for server in [*small_servers, threaded, unbatched, unlogged]:
             server.wait_ready(small_path, small_bodies[1].read_bytes())
         for server in (graft, unbatched):
             server.wait_ready(large_path, large_body.read_bytes())
@@ -554,7 +557,7 @@ def _benchmark(args: argparse.Namespace, work: Path, logs: Path) -> dict[str, An
         def measure(key: tuple[str, ...], server: Server, path: str, body: Path, c: int) -> None:
             results.add(key, run_wrk(server, path, body, c, args.seconds, args.client_cpu, lua))
 
-        for server in [*small_servers, threaded]:  # warm-up: first requests, JIT-free caches
+        for server in [*small_servers, threaded, unlogged]:  # warm-up: first requests, caches
             run_wrk(server, small_path, small_bodies[1], 8, 1, args.client_cpu, lua)
         for round_index in range(args.rounds):
             print(f"round {round_index + 1}/{args.rounds} ...", flush=True)
@@ -565,6 +568,9 @@ def _benchmark(args: argparse.Namespace, work: Path, logs: Path) -> dict[str, An
                         measure(
                             ("small", server.name, str(c), str(rows)), server, small_path, body, c
                         )
+            for c in (1, 8, 64):
+                for server in (graft, unlogged) if round_index % 2 else (unlogged, graft):
+                    measure(("log", server.name, str(c)), server, small_path, small_bodies[1], c)
             for c in (1, 64):
                 for server in (graft, threaded):
                     measure(("inline", server.name, str(c)), server, small_path, small_bodies[1], c)
@@ -690,6 +696,25 @@ def _print_report(
             f"{ceiling / ours:.2f}x",
             file=out,
         )
+
+    print(
+        "\nthe JSON access log (on as shipped) against the same server with it off, 1 row:"
+        " its cost in server CPU per request and in requests/s",
+        file=out,
+    )
+    for c in ("1", "8", "64"):
+        on, off = (results.median(("log", n, c)) for n in ("graft", "graft-nolog"))
+        cpu_cost = on.cpu_us_per_request / max(off.cpu_us_per_request, 1e-9) - 1
+        rate_cost = 1 - on.requests_per_s / off.requests_per_s
+        print(
+            f"  c={c:>2}: on {_brief(on)}; off {_brief(off)}: CPU/req {100 * cpu_cost:+.1f} %,"
+            f" req/s {-100 * rate_cost:+.1f} %",
+            file=out,
+        )
+        if c == "8":
+            aims.append(
+                ("c=8, 1 row: the access log costs <= 5 % CPU per request", cpu_cost <= 0.05)
+            )
 
     print("\nforward pass on the event loop (default for small passes) vs on a thread", file=out)
     for c in ("1", "64"):
