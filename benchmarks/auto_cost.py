@@ -56,9 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         data_dir = Path(folder)
         migrate.upgrade(f"sqlite:///{data_dir / 'graft.db'}")
-        # It measures training, not the door: keys are off, and the TestClient's host allowed.
+        # It measures training, not the door: keys and the access log are off, and the
+        # TestClient's host allowed.
         settings = Settings(
-            data_dir=data_dir, workers=0, auth="disabled", allowed_hosts=["testserver"]
+            data_dir=data_dir,
+            workers=0,
+            auth="disabled",
+            allowed_hosts=["testserver"],
+            access_log=False,
         )
         database = Database(settings.resolved_database_url)
         with TestClient(create_app(settings)) as client:
