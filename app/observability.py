@@ -36,7 +36,7 @@ from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.access_log import AccessLog, request_id
-from app.api.auth import KEY_ID
+from app.api.auth import KEY_ID, scope_header
 from app.db.models import Job
 from app.enums import JobKind, JobStatus
 
@@ -280,7 +280,7 @@ class RequestMetricsMiddleware:
         access_log = self.access_log
         if access_log is not None:
             wall = time.time()
-            rid = request_id(_header(scope, b"x-request-id"))
+            rid = request_id(scope_header(scope, b"x-request-id"))
             rid_header = (b"x-request-id", rid.encode("ascii"))
 
         async def send_with_status(message: Message) -> None:
@@ -357,13 +357,6 @@ class RequestMetricsMiddleware:
                 paths = {}
             self._documented_paths = frozenset(paths)
         return self._documented_paths
-
-
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value)
-    return None
 
 
 router = APIRouter(tags=["operations"])

@@ -96,7 +96,7 @@ class AuthMiddleware:
         await self.app(scope, receive, send)
 
     def _check(self, scope: Scope, needed: str) -> Any:
-        header = _authorization(scope)
+        header = scope_header(scope, b"authorization")
         if header is None:
             return _refuse(
                 scope,
@@ -159,10 +159,11 @@ class AuthMiddleware:
         return (1.0 - bucket.tokens) / self.rate
 
 
-def _authorization(scope: Scope) -> bytes | None:
+def scope_header(scope: Scope, wanted: bytes) -> bytes | None:
+    """The first value of header `wanted` (lower-case) of an ASGI scope, None if absent."""
     for name, value in scope["headers"]:
-        if name == b"authorization":
-            return value
+        if name == wanted:
+            return bytes(value)
     return None
 
 
@@ -208,10 +209,7 @@ class HostCheckMiddleware:
 
 
 def _raw_host(scope: Scope) -> bytes:
-    for name, value in scope["headers"]:
-        if name == b"host":
-            return value
-    return b""
+    return scope_header(scope, b"host") or b""
 
 
 def _host(raw: bytes) -> str:
