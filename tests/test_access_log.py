@@ -123,3 +123,21 @@ def test_every_response_carries_the_request_id(client: TestClient, settings: Set
     quiet = settings.model_copy(update={"access_log": False})
     with TestClient(create_app(quiet)) as other:
         assert "x-request-id" not in other.get("/healthz").headers
+
+
+class _BrokenStream(io.StringIO):
+    def write(self, text: str) -> int:
+        raise OSError("no space left on device")
+
+
+def test_an_unwritable_stream_counts_lines_and_keeps_the_writer_alive() -> None:
+    log = AccessLog(_BrokenStream(), flush_seconds=0.01)
+    for _ in range(5):
+        log.record(_entry())
+    deadline = time.monotonic() + 5
+    while log.dropped < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert log.dropped == 5
+    log.record(_entry())  # the writer is still there to take more
+    log.close()
+    assert log.dropped == 6
