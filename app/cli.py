@@ -135,7 +135,6 @@ def _keys(args: argparse.Namespace) -> None:
                         f"{row.id}  {row.prefix}…  {state:7}  {','.join(row.scopes):24}  "
                         f"expires {expiry}  {row.name}"
                     )
-        keys_service.announce_committed(database)
     except AppError as exc:
         print(f"graft: {exc.detail}", file=sys.stderr)
         sys.exit(2)

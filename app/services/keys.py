@@ -2,17 +2,13 @@
 
 Every API process keeps all keys in a `KeyRing` (a dict from hash to key), so a request's
 check is one hash and one lookup, never a query. A create or revoke in any process reaches
-the others before their next request: on SQLite the writer stores a new value in an 8-byte
-counter file beside the database, which every process has memory-mapped, so each check
-compares 8 bytes without a system call; on PostgreSQL the writer's transaction sends
-`NOTIFY graft_keys`, which a listener thread in every process receives.
+the others before their next request through the `keys` change signal (app/db/changes.py).
 """
 
 import contextlib
 import hashlib
 import logging
 import math
-import mmap
 import os
 import secrets
 import threading
@@ -23,11 +19,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import select, text, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from app.config import Settings
+from app.db import changes
 from app.db.models import ApiKey
 from app.db.session import Database
 from app.errors import Conflict, Invalid, NotFound
@@ -40,7 +37,6 @@ log = logging.getLogger(__name__)
 SCOPES = ("read", "predict", "train", "admin")
 ENV_ADMIN_KEY_ID = "key_env_admin"
 SECRET_PREFIX = "graft_"
-_CHANNEL = "graft_keys"
 # last_used_at is written at most this often per key: a write per request would cost more
 # than the request.
 _LAST_USED_EVERY_SECONDS = 60.0
@@ -120,7 +116,7 @@ def create_key(
     )
     session.add(row)
     session.flush()
-    announce_change(session)
+    changes.mark(session, changes.KEYS)
     return row, secret
 
 
@@ -173,13 +169,7 @@ def revoke_key(session: Session, key_id: str) -> None:
         .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
         .values(revoked_at=utcnow())
     )
-    announce_change(session)
-
-
-def announce_change(session: Session) -> None:
-    """Tell the other processes' key rings, when this transaction commits (PostgreSQL)."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text(f"NOTIFY {_CHANNEL}"))
+    changes.mark(session, changes.KEYS)
 
 
 def ensure_admin_keys(database: Database, settings: Settings) -> None:
@@ -199,7 +189,7 @@ def ensure_admin_keys(database: Database, settings: Settings) -> None:
                 .values(id=ENV_ADMIN_KEY_ID, created_at=utcnow(), **values)
                 .on_conflict_do_update(index_elements=["id"], set_=values)
             )
-            announce_change(session)
+            changes.mark(session, changes.KEYS)
             return
         now = utcnow()
         admins = session.scalars(select(ApiKey).where(ApiKey.revoked_at.is_(None))).all()
@@ -238,24 +228,15 @@ class KeyRing:
         self._by_hash: dict[str, KeyRecord] = {}
         self._by_header: dict[bytes, KeyRecord] = {}
         self._lock = threading.Lock()
-        self._marker = _marker_path(database)
-        self._counter = None if self._marker is None else _map_counter(self._marker)
-        self._counter_seen = b""
-        # Set by the PostgreSQL listener thread; a plain attribute, read on every request.
-        self._stale = False
-        self._closing = threading.Event()
-        self._listener: threading.Thread | None = None
+        self._changes = changes.ChangeWatcher(database.url, changes.KEYS)
         self._last_used: dict[str, float] = {}
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="graft-key-use")
-        if self._counter is None and database.engine.dialect.name == "postgresql":
-            self._listener = threading.Thread(target=self._listen, name="keys", daemon=True)
-            self._listener.start()
         try:
             self.reload()
         except DBAPIError:
             # An unmigrated or unreachable database: /readyz says so; retried per request.
             log.error("could not load the API keys; every key check fails until it can")
-            self._stale = True
+            self._changes.invalidate()
 
     def lookup_header(self, value: bytes) -> KeyRecord | None:
         """The key of a raw `Authorization: Bearer <secret>` header value (revoked or
@@ -282,10 +263,8 @@ class KeyRing:
         return found
 
     def reload(self) -> None:
-        # Reset first: a change that lands while this reads is seen by the next check.
-        self._stale = False
-        if self._counter is not None:
-            self._counter_seen = self._counter[:8]
+        # Acknowledged first: a change that lands while this reads is seen by the next check.
+        self._changes.acknowledge()
         with self._database.read_scope() as session:
             rows = session.scalars(select(ApiKey)).all()
             fresh = {row.secret_hash: _record(row) for row in rows}
@@ -294,43 +273,21 @@ class KeyRing:
             self._by_header = {}
 
     def changed(self) -> None:
-        """Called after this process committed a key change: reload, and tell the others."""
-        if self._marker is not None:
-            _bump_counter(self._marker)
+        """Called after this process committed a key change: its next check must see it
+        even where the change signal is asynchronous (PostgreSQL's NOTIFY)."""
         self.reload()
 
     def close(self) -> None:
-        self._closing.set()
+        self._changes.close()
         self._writer.shutdown(wait=False, cancel_futures=True)
 
     def _refresh_if_changed(self) -> None:
-        counter = self._counter
-        if self._stale or (counter is not None and counter[:8] != self._counter_seen):
+        if self._changes.changed():
             try:
                 self.reload()
             except DBAPIError:
-                self._stale = True
+                self._changes.invalidate()
                 raise
-
-    def _listen(self) -> None:
-        import psycopg
-        from sqlalchemy import make_url
-
-        url = make_url(self._database.url).set(drivername="postgresql")
-        dsn = url.render_as_string(hide_password=False)
-        while not self._closing.is_set():
-            try:
-                with psycopg.connect(dsn, autocommit=True) as connection:
-                    connection.execute(f"LISTEN {_CHANNEL}")
-                    # Anything may have changed while not listening.
-                    self._stale = True
-                    while not self._closing.is_set():
-                        for _ in connection.notifies(timeout=1.0):
-                            self._stale = True
-            except Exception:  # the database went away: retry, and reload once back
-                log.warning("key change listener lost its connection; retrying", exc_info=True)
-                self._stale = True
-                self._closing.wait(1.0)
 
     def _note_use(self, key_id: str) -> None:
         now = time.monotonic()
@@ -354,54 +311,3 @@ def _bearer_secret(value: bytes) -> str | None:
     scheme, _, token = value.decode("latin-1").partition(" ")
     token = token.strip()
     return token if scheme.lower() == "bearer" and token else None
-
-
-def _marker_path(database: Database) -> Path | None:
-    from sqlalchemy import make_url
-
-    url = make_url(database.url)
-    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
-        return None
-    path = Path(url.database)
-    return path.with_name(path.name + ".keys-changed")
-
-
-def _open_counter(path: Path) -> int:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    if os.fstat(fd).st_size < 8:
-        os.ftruncate(fd, 8)
-    return fd
-
-
-def _map_counter(path: Path) -> mmap.mmap | None:
-    """The change counter beside the database, mapped: reading it costs no system call.
-
-    Every process maps the same file, so a writer's update is in their mappings at once
-    (one page cache). None when it cannot be made (a read-only folder): then no other
-    process's key changes are seen until a restart, which the log says.
-    """
-    try:
-        fd = _open_counter(path)
-    except OSError:
-        log.warning("cannot create %s: key changes made by other processes will not be seen", path)
-        return None
-    try:
-        return mmap.mmap(fd, 8, access=mmap.ACCESS_READ)
-    finally:
-        os.close(fd)
-
-
-def _bump_counter(path: Path) -> None:
-    # Any new value is a change; the time keeps it unique without reading the old one.
-    fd = _open_counter(path)
-    try:
-        os.pwrite(fd, time.time_ns().to_bytes(8, "little"), 0)
-    finally:
-        os.close(fd)
-
-
-def announce_committed(database: Database) -> None:
-    """After a commit made outside a KeyRing (the CLI): tell every API process on SQLite."""
-    marker = _marker_path(database)
-    if marker is not None:
-        _bump_counter(marker)

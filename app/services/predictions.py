@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import text
 
+from app.db import changes
 from app.db.models import ModelVersion
 from app.db.session import Database
 from app.errors import Invalid
@@ -66,8 +67,8 @@ def version_spec(version: ModelVersion) -> VersionSpec:
 
 
 # One statement each, every lookup on an index: the model_versions (model_name, version)
-# unique constraint and the model_aliases primary key. Reading the alias on every request is
-# what makes an alias move take effect at once on every replica.
+# unique constraint and the model_aliases primary key. They run only when the registry view
+# below has no answer: after a registry change, or for a name not asked for since.
 _BY_NUMBER = text(
     "SELECT id, version FROM model_versions WHERE model_name = :name AND version = :version"
 )
@@ -84,7 +85,7 @@ _BY_DEFAULT = text(
 
 
 class _VersionLookup:
-    """The one read a prediction makes: (name, version | alias | default) -> (id, number).
+    """The one read a prediction may make: (name, version | alias | default) -> (id, number).
 
     On SQLite it runs on a plain driver connection per thread, in autocommit mode, so each
     read sees the newest commit and costs microseconds; elsewhere it goes through a pooled
@@ -134,6 +135,52 @@ class _VersionLookup:
         self._local = threading.local()
 
 
+# Distinct (name, version | alias | default) answers kept; beyond it the view starts again.
+MAX_REMEMBERED_RESOLUTIONS = 10_000
+
+
+class RegistryView:
+    """What names, numbers and aliases resolve to, remembered until the registry changes.
+
+    In steady state a prediction reads no database: every commit that adds or deletes a
+    version or moves an alias announces a `registry` change (app/db/changes.py), which this
+    process sees before its next request, and the view starts again. A lookup that was
+    already reading when the change came is not remembered (its answer may be the old one).
+    """
+
+    def __init__(self, database: Database) -> None:
+        self._changes = changes.ChangeWatcher(database.url, changes.REGISTRY)
+        self._answers: dict[tuple[str, int | None, str | None], tuple[str, int]] = {}
+        # Bumped at every start-again: a lookup begun under an older generation is not kept.
+        self.generation = 0
+
+    def get(self, name: str, version: int | None, alias: str | None) -> tuple[str, int] | None:
+        if self._changes.changed():
+            self._changes.acknowledge()
+            self._answers = {}
+            self.generation += 1
+        return self._answers.get((name, version, alias))
+
+    def remember(
+        self,
+        generation: int,
+        key: tuple[str, int | None, str | None],
+        found: tuple[str, int],
+    ) -> None:
+        if generation != self.generation:
+            return
+        if len(self._answers) >= MAX_REMEMBERED_RESOLUTIONS:
+            self._answers = {}
+        self._answers[key] = found
+
+    def forget(self) -> None:
+        """Start again at the next lookup (this process changed the registry)."""
+        self._changes.invalidate()
+
+    def close(self) -> None:
+        self._changes.close()
+
+
 class PredictionService:
     """Resolves versions, keeps their predictors loaded and batches their forward passes."""
 
@@ -151,6 +198,7 @@ class PredictionService:
         # Most rows in one request (GRAFT_MAX_PREDICT_ROWS); None: no limit.
         self.max_rows = max_rows
         self._lookup = _VersionLookup(database)
+        self.registry_view = RegistryView(database)
         self._executor = ThreadPoolExecutor(
             max_workers=max(2, os.cpu_count() or 1), thread_name_prefix="graft-forward"
         )
@@ -171,10 +219,16 @@ class PredictionService:
             found_by_alias = await self.resolve(name, alias=alias)
             registry_service.check_alias_target(name, alias, found_by_alias.version, version)
             return found_by_alias
-        if self._lookup.is_sqlite:
-            found = self._lookup.find(name, version, alias)
-        else:
-            found = await asyncio.to_thread(self._lookup.find, name, version, alias)
+        view = self.registry_view
+        found = view.get(name, version, alias)
+        if found is None:
+            generation = view.generation
+            if self._lookup.is_sqlite:
+                found = self._lookup.find(name, version, alias)
+            else:
+                found = await asyncio.to_thread(self._lookup.find, name, version, alias)
+            if found is not None:
+                view.remember(generation, (name, version, alias), found)
         if found is None:
             # Rare: work out which of model, version or alias is missing, for the 404.
             return await asyncio.to_thread(self._resolve_slowly, name, version, alias)
@@ -314,6 +368,7 @@ class PredictionService:
         return listener
 
     def close(self) -> None:
+        self.registry_view.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._lookup.close()
 

@@ -6,6 +6,7 @@ from typing import Any
 from sqlalchemy import delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session, undefer
 
+from app.db import changes
 from app.db.models import Dataset, Job, ModelAlias, ModelVersion, RegisteredModel
 from app.enums import ACTIVE_JOB_STATUSES
 from app.errors import Conflict, Invalid, NotFound
@@ -181,6 +182,8 @@ def register_version(session: Session, *, name: str, weights: bytes, **fields: A
     version.lineage = _lineage(session, version)
     session.add(version)
     session.flush()
+    # A new latest version changes what a name without an alias resolves to.
+    changes.mark(session, changes.REGISTRY)
     return version
 
 
@@ -254,6 +257,7 @@ def set_alias(session: Session, name: str, alias: str, version: int) -> ModelAli
             index_elements=["model_name", "alias"], set_={"version": version, "updated_at": now}
         )
     )
+    changes.mark(session, changes.REGISTRY)
     return ModelAlias(model_name=name, alias=alias, version=version, updated_at=now)
 
 
@@ -264,6 +268,7 @@ def delete_alias(session: Session, name: str, alias: str) -> None:
     )
     if removed.rowcount != 1:  # type: ignore[attr-defined]
         raise NotFound("alias_not_found", f"model {name!r} has no alias {alias!r}")
+    changes.mark(session, changes.REGISTRY)
 
 
 def delete_version(session: Session, name: str, version: int) -> None:
@@ -296,6 +301,7 @@ def delete_version(session: Session, name: str, version: int) -> None:
         )
     session.delete(found)
     session.flush()
+    changes.mark(session, changes.REGISTRY)
 
 
 def delete_model(session: Session, name: str) -> None:
@@ -327,6 +333,7 @@ def delete_model(session: Session, name: str) -> None:
     session.execute(delete(ModelAlias).where(ModelAlias.model_name == name))
     session.execute(delete(ModelVersion).where(ModelVersion.model_name == name))
     session.execute(delete(RegisteredModel).where(RegisteredModel.name == name))
+    changes.mark(session, changes.REGISTRY)
 
 
 def validate_alias_name(alias: str) -> None:

@@ -38,7 +38,8 @@ EXPECTED_FILES = {
     "server.log",
     "graft.lock",
     "admin-key",
-    "graft.db.keys-changed",  # the API keys' change counter (app/services/keys.py)
+    "graft.db.keys-changed",  # change counters (app/db/changes.py)
+    "graft.db.registry-changed",
 }
 
 
