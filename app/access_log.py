@@ -35,6 +35,8 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 FLUSH_SECONDS = 0.1
 # Lines written per write call at most.
 _BATCH = 1024
+# POSIX keeps a pipe write of up to PIPE_BUF (4,096 bytes on Linux) in one piece.
+_ATOMIC_WRITE = 4096
 # Lines held for the writer at most; beyond it lines are counted in `dropped` instead.
 MAX_PENDING = 100_000
 
@@ -115,17 +117,35 @@ class AccessLog:
 
     def _drain(self) -> None:
         pending = self._pending
-        while pending:
-            lines: list[bytes] = []
-            while pending and len(lines) < _BATCH:
-                lines.append(format_line(pending.popleft()))
-            self._write(b"".join(lines))
+        carried: bytes | None = None
+        while pending or carried is not None:
+            chunk: list[bytes] = []
+            size = 0
+            # Whole lines, at most PIPE_BUF bytes per write: the API processes of one
+            # `graft serve --processes N` share stdout, and a pipe keeps writes of that
+            # size whole, so their lines never interleave mid-line.
+            while (pending or carried is not None) and len(chunk) < _BATCH:
+                line = carried if carried is not None else format_line(pending.popleft())
+                carried = None
+                if chunk and size + len(line) > _ATOMIC_WRITE:
+                    carried = line
+                    break
+                chunk.append(line)
+                size += len(line)
+            self._write(b"".join(chunk))
 
     def _write(self, data: bytes) -> None:
-        stream = self.stream if self.stream is not None else sys.stdout
         try:
-            stream.write(data.decode())
-            stream.flush()
+            if self.stream is None:
+                # Straight to the descriptor: one write(2) per chunk, none of Python's
+                # buffering that would split it.
+                sys.stdout.flush()
+                written = 0
+                while written < len(data):
+                    written += os.write(sys.stdout.fileno(), data[written:])
+                return
+            self.stream.write(data.decode())
+            self.stream.flush()
         except (OSError, ValueError):
             # A closed or full stream must not take the writer (or the service) down.
             self.dropped += data.count(b"\n")
@@ -144,6 +164,9 @@ def format_line(entry: Entry) -> bytes:
         "latency_ms": round(seconds * 1000.0, 3),
         "client": client,
         "key_id": key_id,
+        # Which API process served it (`graft serve --processes N`); read when the line is
+        # written, off the request path.
+        "pid": os.getpid(),
     }
     if model is not None:
         line["model"] = model

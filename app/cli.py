@@ -43,24 +43,21 @@ def _using_data_dir(settings: Settings) -> Iterator[None]:
 
 
 def _serve(args: argparse.Namespace) -> None:
-    import uvicorn
-
-    from app.main import create_app
+    from app import server
 
     settings = get_settings()
+    if args.processes is not None and not 1 <= args.processes <= 64:
+        print(f"graft: --processes {args.processes}: expected 1 to 64", file=sys.stderr)
+        sys.exit(2)
+    processes = args.processes or settings.api_processes or server.default_processes()
     with _using_data_dir(settings):
         if not args.no_migrate:
             _migrate()
-        uvicorn.run(
-            create_app(settings),
+        server.serve(
+            settings,
+            processes=processes,
             host=args.host or settings.host,
             port=args.port or settings.port,
-            log_level=settings.log_level,
-            # Graft writes its own access log (GRAFT_ACCESS_LOG), off the request path.
-            access_log=False,
-            # Event streams stay open while their job runs; on shutdown, end them after a
-            # moment (clients resume with Last-Event-ID) instead of waiting for every job.
-            timeout_graceful_shutdown=5,
         )
 
 
@@ -149,6 +146,13 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=int, default=None)
     serve.add_argument("--no-migrate", action="store_true", help="skip `graft migrate`")
+    serve.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        help="API processes sharing the port (default: GRAFT_API_PROCESSES, else the cores "
+        "available, at most 8)",
+    )
     worker = commands.add_parser("worker", help="run one worker process (claims and runs jobs)")
     worker.add_argument(
         "--executor",

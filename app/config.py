@@ -16,6 +16,13 @@ class Settings(BaseSettings):
         None, description="SQLAlchemy URL; default sqlite:///<data_dir>/graft.db."
     )
     workers: int = Field(1, ge=0, le=64, description="Worker processes the API starts itself.")
+    api_processes: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="API processes `graft serve` runs on its port (default: the cores "
+        "available to it, at most 8).",
+    )
     worker_poll_seconds: float = Field(0.5, gt=0, description="Idle worker's queue poll period.")
     worker_torch_threads: int = Field(1, ge=1, description="torch threads per worker process.")
     heartbeat_seconds: float = Field(5.0, gt=0, description="How often a running job beats.")

@@ -2,8 +2,10 @@
 
 import gc
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -21,8 +23,9 @@ from app.api.routes.predictions import PredictFastLane
 from app.api.v2.errors import scope_exception_handlers
 from app.api.v2.routes import router as v2_router
 from app.config import Settings, get_settings
+from app.db import changes
 from app.db.session import Database
-from app.jobs.worker import LocalWorkerPool
+from app.jobs.worker import LocalWorkerPool, SupervisedWorkers
 from app.observability import Metrics, RequestMetricsMiddleware
 from app.observability import router as metrics_router
 from app.services.job_streams import JobEventHub
@@ -77,7 +80,15 @@ def _freeze_startup_objects() -> None:
         gc.freeze()
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_supervised_app() -> FastAPI:
+    """One API process of `graft serve --processes N` (uvicorn calls this in each): settings
+    from the environment, and the local workers are its parent's."""
+    return create_app(get_settings(), runtime_dir=Path(os.environ[changes.RUNTIME_DIR_ENV]))
+
+
+def create_app(settings: Settings | None = None, *, runtime_dir: Path | None = None) -> FastAPI:
+    """The app. `runtime_dir`: this is one of several API processes, whose parent runs the
+    local workers and shares that folder with them (see app/server.py)."""
     settings = settings or get_settings()
 
     @asynccontextmanager
@@ -126,6 +137,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             from app.jobs.celery_app import CeleryDispatcher
 
             app.state.dispatcher = CeleryDispatcher(settings)
+        elif settings.workers > 0 and runtime_dir is not None:
+            app.state.worker_pool = SupervisedWorkers(runtime_dir)
+            app.state.dispatcher = app.state.worker_pool
         elif settings.workers > 0:
             app.state.worker_pool = LocalWorkerPool(settings)
             app.state.worker_pool.start()
@@ -139,6 +153,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             if app.state.access_log is not None:
                 app.state.access_log.close()
+            app.state.metrics.close()
             await app.state.event_hub.close()
             if app.state.worker_pool is not None:
                 app.state.worker_pool.stop()

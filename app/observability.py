@@ -13,13 +13,16 @@ Series (all prefixed `graft_`):
 """
 
 import logging
+import os
+import threading
 import time
 from bisect import bisect_left
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import generate_latest as _generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -27,6 +30,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -51,52 +55,79 @@ _LATENCY_BUCKETS = (
 _ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384, 65536)
 _REQUEST_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _CACHE_COUNTERS = ("hits", "misses", "loads", "evictions")
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+PUBLISH_SECONDS = 1.0
 # Distinct (route, prefix) pairs remembered; raw prefixes beyond it are worked out each time.
 _MAX_CACHED_TEMPLATES = 4096
 
 
+def shared_metrics_dir() -> Path | None:
+    """Where this deployment's processes keep their metric values, when there are several
+    (`graft serve --processes N` sets PROMETHEUS_MULTIPROC_DIR); None for one process."""
+    folder = os.environ.get(MULTIPROCESS_ENV)
+    return Path(folder) if folder else None
+
+
 class Metrics:
-    """The app's metrics; `app.state.metrics` holds one, `record_batch` is for the batcher."""
+    """The app's metrics; `app.state.metrics` holds one, `record_batch` is for the batcher.
+
+    One process keeps its request series in plain dicts, read at scrape time. Several (one
+    `graft serve --processes N`) keep every value in prometheus_client's multiprocess mode
+    (a memory-mapped file per process), so that whichever process answers `/metrics` sums
+    them all.
+    """
 
     def __init__(self, state: State) -> None:
         self.registry = CollectorRegistry()
         registry = self.registry
-        self.requests = RequestSeries(_LATENCY_BUCKETS)
-        registry.register(self.requests)
+        shared = shared_metrics_dir()
+        self._cache_publisher: CachePublisher | None = None
+        # Multiprocess mode: series live in the files, not in a registry of this process.
+        series_registry = None if shared is not None else registry
+        if shared is not None:
+            forget_dead_processes(shared)
+            MultiProcessCollector(registry, path=str(shared))
+            self.requests: RequestSeries | SharedRequestSeries = SharedRequestSeries(
+                _LATENCY_BUCKETS
+            )
+            self._cache_publisher = CachePublisher(state)
+        else:
+            self.requests = RequestSeries(_LATENCY_BUCKETS)
+            registry.register(self.requests)
+            registry.register(ModelCacheCollector(state))
         self.predictions = Counter(
             "graft_predictions",
             "Prediction requests served, per model version.",
             ["model", "version"],
-            registry=registry,
+            registry=series_registry,
         )
         self.prediction_rows = Counter(
             "graft_prediction_rows",
             "Rows predicted, per model version.",
             ["model", "version"],
-            registry=registry,
+            registry=series_registry,
         )
         self.prediction_duration = Histogram(
             "graft_prediction_duration_seconds",
             "Time to resolve, load if needed, and predict one request, per model version.",
             ["model", "version"],
             buckets=_LATENCY_BUCKETS,
-            registry=registry,
+            registry=series_registry,
         )
         self.batch_rows = Histogram(
             "graft_batch_rows",
             "Rows per forward pass, per model version.",
             ["model", "version"],
             buckets=_ROW_BUCKETS,
-            registry=registry,
+            registry=series_registry,
         )
         self.batch_requests = Histogram(
             "graft_batch_requests",
             "Requests grouped into one forward pass, per model version.",
             ["model", "version"],
             buckets=_REQUEST_BUCKETS,
-            registry=registry,
+            registry=series_registry,
         )
-        registry.register(ModelCacheCollector(state))
         registry.register(JobsCollector(state))
         # `labels()` takes a lock and builds a tuple on every call; children are kept instead.
         self._prediction_children: dict[tuple[str, int], tuple[Any, Any, Any]] = {}
@@ -132,7 +163,13 @@ class Metrics:
         children[1].observe(requests)
 
     def exposition(self) -> bytes:
+        if self._cache_publisher is not None:
+            self._cache_publisher.publish()
         return _generate_latest(self.registry)
+
+    def close(self) -> None:
+        if self._cache_publisher is not None:
+            self._cache_publisher.close()
 
 
 class RequestSeries(Collector):
@@ -182,6 +219,113 @@ class RequestSeries(Collector):
                 buckets.append((bound, cumulative))
             latency.add_metric([method, route], buckets, sum_value=values[-1])
         yield latency
+
+
+class SharedRequestSeries:
+    """The request series in multiprocess mode: prometheus_client counters and histograms
+    whose values live in this process's memory-mapped file, with each label set's child
+    kept so a request costs two dict lookups and three writes to the map."""
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self._count = Counter(
+            "graft_http_requests",
+            "HTTP requests answered, by method, route template and status.",
+            ["method", "route", "status"],
+            registry=None,
+        )
+        self._latency = Histogram(
+            "graft_http_request_duration_seconds",
+            "Time from receiving a request to the end of its response, by route template.",
+            ["method", "route"],
+            buckets=buckets,
+            registry=None,
+        )
+        self._count_children: dict[tuple[str, str, int], Any] = {}
+        self._latency_children: dict[tuple[str, str], Any] = {}
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        key = (method, route, status)
+        count = self._count_children.get(key)
+        if count is None:
+            count = self._count_children[key] = self._count.labels(method, route, str(status))
+        count.inc()
+        latency = self._latency_children.get((method, route))
+        if latency is None:
+            latency = self._latency_children[(method, route)] = self._latency.labels(method, route)
+        latency.observe(seconds)
+
+
+class CachePublisher:
+    """Copies this process's model cache counters into multiprocess series every
+    PUBLISH_SECONDS (and at each scrape this process answers), so that `/metrics` sums the
+    caches of every process: counters by what they gained since the last copy, entries and
+    bytes as this process's live value."""
+
+    def __init__(self, state: State) -> None:
+        self._state = state
+        self._counters = {
+            name: Counter(f"graft_model_cache_{name}", f"Model cache {name}.", registry=None)
+            for name in _CACHE_COUNTERS
+        }
+        self._entries = Gauge(
+            "graft_model_cache_entries",
+            "Model versions loaded.",
+            registry=None,
+            multiprocess_mode="livesum",
+        )
+        self._bytes = Gauge(
+            "graft_model_cache_bytes",
+            "Memory held by the loaded model versions.",
+            registry=None,
+            multiprocess_mode="livesum",
+        )
+        self._published: dict[str, float] = dict.fromkeys(_CACHE_COUNTERS, 0.0)
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cache-metrics", daemon=True)
+        self._thread.start()
+
+    def publish(self) -> None:
+        cache = getattr(self._state, "model_cache", None)
+        if cache is None:  # before start-up
+            return
+        stats = cache.stats()
+        with self._lock:
+            for name, counter in self._counters.items():
+                gained = float(stats[name]) - self._published[name]
+                if gained > 0:
+                    counter.inc(gained)
+                    self._published[name] += gained
+            self._entries.set(stats["entries"])
+            self._bytes.set(stats["bytes"])
+
+    def close(self) -> None:
+        self._closing.set()
+
+    def _run(self) -> None:
+        while not self._closing.wait(PUBLISH_SECONDS):
+            try:
+                self.publish()
+            except Exception:  # metrics must never take the process down
+                log.warning("metrics: could not publish the model cache's", exc_info=True)
+
+
+def forget_dead_processes(folder: Path) -> None:
+    """Drop the live gauges of processes that are gone (a restarted API process)."""
+    for path in folder.glob("gauge_live*_*.db"):
+        pid = path.stem.rsplit("_", 1)[-1]
+        if pid.isdigit() and not _running(int(pid)):
+            mark_process_dead(int(pid), str(folder))
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
 
 
 class ModelCacheCollector(Collector):

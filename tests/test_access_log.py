@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 import time
 
 import pytest
@@ -42,11 +43,41 @@ def test_a_line_is_one_json_object_with_the_request_fields() -> None:
         "latency_ms": 1.234,
         "client": "127.0.0.1",
         "key_id": "key_abc",
+        "pid": os.getpid(),
         "model": "iris",
         "version": 3,
     }
     plain = json.loads(format_line((*_entry()[:9], None, None)))
     assert "model" not in plain and "version" not in plain
+
+
+def test_stdout_gets_whole_lines_in_writes_a_pipe_keeps_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Several API processes share stdout: no write may end mid-line or exceed PIPE_BUF."""
+    writes: list[bytes] = []
+
+    class Stdout:
+        def fileno(self) -> int:
+            return 1
+
+        def flush(self) -> None:
+            pass
+
+    def fake_write(fd: int, data: bytes) -> int:
+        assert fd == 1
+        writes.append(bytes(data))
+        return len(data)
+
+    monkeypatch.setattr(access_log.sys, "stdout", Stdout())
+    monkeypatch.setattr(access_log.os, "write", fake_write)
+    log = AccessLog(flush_seconds=0.01)
+    for _ in range(500):
+        log.record(_entry())
+    log.close()
+    assert sum(chunk.count(b"\n") for chunk in writes) == 500
+    assert len(writes) > 1
+    assert all(len(chunk) <= 4096 and chunk.endswith(b"\n") for chunk in writes)
 
 
 def test_the_writer_thread_writes_every_pending_line_by_close() -> None:

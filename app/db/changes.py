@@ -61,7 +61,7 @@ def _announce_after_commit(session: Session) -> None:
     url = str(bind.engine.url)
     for topic in topics:
         for path in counter_paths(url, topic):
-            _bump(path)
+            bump_counter(path)
 
 
 @event.listens_for(Session, "after_soft_rollback")
@@ -75,7 +75,7 @@ def announce(database_url: str, topic: str) -> None:
         if watcher.topic == topic:
             watcher.invalidate()
     for path in counter_paths(database_url, topic):
-        _bump(path)
+        bump_counter(path)
 
 
 def counter_paths(database_url: str, topic: str) -> list[Path]:
@@ -100,7 +100,7 @@ class ChangeWatcher:
 
     def __init__(self, database_url: str, topic: str) -> None:
         self.topic = topic
-        self._counters = [c for c in map(_map_counter, counter_paths(database_url, topic)) if c]
+        self._counters = [c for c in map(map_counter, counter_paths(database_url, topic)) if c]
         self._seen = [b""] * len(self._counters)
         # Set by the listener thread (or `invalidate`); a plain attribute, read per request.
         self._stale = True
@@ -161,7 +161,7 @@ def _open_counter(path: Path) -> int:
     return fd
 
 
-def _map_counter(path: Path) -> Any:
+def map_counter(path: Path) -> Any:
     """The counter file, mapped (one page cache, so another process's write is in this
     mapping at once). None when it cannot be made (a read-only folder): then changes made
     by other processes are not seen until a restart, which the log says."""
@@ -176,7 +176,7 @@ def _map_counter(path: Path) -> Any:
         os.close(fd)
 
 
-def _bump(path: Path) -> None:
+def bump_counter(path: Path) -> None:
     # Any new value is a change; the time keeps it unique without reading the old one.
     try:
         fd = _open_counter(path)

@@ -1,21 +1,31 @@
 """Worker processes: the loop that claims and runs jobs, and the pool the API starts."""
 
+import json
 import logging
 import multiprocessing
+import os
 import signal
 import threading
 import time
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event as ProcessEvent
+from pathlib import Path
 from types import FrameType
 
 from app.config import Settings
+from app.db import changes
 from app.db.session import Database
 from app.enums import JobStatus
 from app.jobs import queue
 from app.jobs.runner import WorkerContext, run_job
 
 log = logging.getLogger(__name__)
+
+# In a `graft serve --processes N` runtime folder: the pool's worker pids, and the counter
+# that API processes bump when they queue a job.
+WORKERS_FILE = "workers.json"
+JOBS_QUEUED_FILE = "jobs-queued"
+RELAY_SECONDS = 0.02
 
 
 class _Heartbeat:
@@ -168,10 +178,16 @@ def _worker_process_main(settings: Settings, wakeup: ProcessEvent) -> None:
 
 
 class LocalWorkerPool:
-    """The embedded default: `settings.workers` processes, restarted if one dies."""
+    """The embedded default: `settings.workers` processes, restarted if one dies.
 
-    def __init__(self, settings: Settings) -> None:
+    With a `runtime_dir` (`graft serve --processes N`: one pool for N API processes), the
+    pool also publishes its workers' pids there for the API processes' readiness checks, and
+    wakes its workers when an API process bumps the `jobs-queued` counter there.
+    """
+
+    def __init__(self, settings: Settings, runtime_dir: Path | None = None) -> None:
         self._settings = settings
+        self._runtime_dir = runtime_dir
         # spawn, not fork: the API process holds threads and database connections.
         self._context = multiprocessing.get_context("spawn")
         # Shared with every child: set when a job is queued, so an idle worker claims it
@@ -180,11 +196,16 @@ class LocalWorkerPool:
         self._processes: list[BaseProcess] = []
         self._closing = threading.Event()
         self._supervisor: threading.Thread | None = None
+        self._relay: threading.Thread | None = None
 
     def start(self) -> None:
         self._processes = [self._spawn() for _ in range(self._settings.workers)]
         self._supervisor = threading.Thread(target=self._supervise, name="workers", daemon=True)
         self._supervisor.start()
+        if self._runtime_dir is not None:
+            self._publish()
+            self._relay = threading.Thread(target=self._relay_wakeups, name="wakeups", daemon=True)
+            self._relay.start()
 
     def _spawn(self) -> BaseProcess:
         process = self._context.Process(
@@ -204,6 +225,8 @@ class LocalWorkerPool:
                         "worker pid %s exited (%s); starting another", process.pid, process.exitcode
                     )
                     self._processes[index] = self._spawn()
+                    if self._runtime_dir is not None:
+                        self._publish()
 
     def job_queued(self, job_id: str) -> None:
         """Wake the idle workers; one of them claims the job."""
@@ -215,11 +238,34 @@ class LocalWorkerPool:
     def pids(self) -> list[int]:
         return [process.pid for process in self._processes if process.pid is not None]
 
+    def _publish(self) -> None:
+        assert self._runtime_dir is not None
+        status = self._runtime_dir / WORKERS_FILE
+        partial = status.with_suffix(".partial")
+        partial.write_text(json.dumps({"expected": self._settings.workers, "pids": self.pids()}))
+        os.replace(partial, status)
+
+    def _relay_wakeups(self) -> None:
+        """API processes cannot reach `_wakeup` (uvicorn starts them); they bump a counter
+        instead, which this thread turns into a wake-up within RELAY_SECONDS."""
+        assert self._runtime_dir is not None
+        counter = changes.map_counter(self._runtime_dir / JOBS_QUEUED_FILE)
+        if counter is None:
+            return
+        seen = counter[:8]
+        while not self._closing.wait(RELAY_SECONDS):
+            now = counter[:8]
+            if now != seen:
+                seen = now
+                self._wakeup.set()
+
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM every worker (each hands its job back at the next epoch), then wait."""
         self._closing.set()
         if self._supervisor is not None:
             self._supervisor.join()
+        if self._relay is not None:
+            self._relay.join()
         for process in self._processes:
             if process.is_alive():
                 process.terminate()
@@ -229,3 +275,35 @@ class LocalWorkerPool:
             if process.is_alive():
                 process.kill()
                 process.join()
+
+
+class SupervisedWorkers:
+    """An API process's handle on the local workers that its `graft serve --processes N`
+    parent runs: it wakes them when it queues a job, and reads how many are alive."""
+
+    def __init__(self, runtime_dir: Path) -> None:
+        self._status = runtime_dir / WORKERS_FILE
+        self._queued = runtime_dir / JOBS_QUEUED_FILE
+
+    def job_queued(self, job_id: str) -> None:
+        changes.bump_counter(self._queued)
+
+    def alive(self) -> int:
+        try:
+            pids = json.loads(self._status.read_text())["pids"]
+        except (OSError, ValueError, KeyError):
+            return 0
+        return sum(_running(pid) for pid in pids)
+
+    def stop(self) -> None:
+        """The parent stops the workers."""
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process took the pid
+        return False
+    return True
