@@ -15,6 +15,7 @@ predictions `model` and `version`. Successful predictions can be sampled
 (`GRAFT_ACCESS_LOG_PREDICT_SAMPLE`); errors are always written.
 """
 
+import itertools
 import os
 import random
 import re
@@ -51,7 +52,22 @@ def request_id(inbound: bytes | None) -> str:
             text = ""
         if _REQUEST_ID.fullmatch(text):
             return text
-    return os.urandom(8).hex()
+    return f"{_id_prefix}{next(_id_counter):08x}"
+
+
+def _new_id_source() -> None:
+    """Ids are a random per-process prefix and a counter: unique across the processes and
+    restarts of a deployment, without a system call per request (os.urandom was one)."""
+    global _id_prefix, _id_counter
+    _id_prefix = os.urandom(4).hex()
+    _id_counter = itertools.count(1)
+
+
+_id_prefix = ""
+_id_counter = itertools.count(1)
+_new_id_source()
+# A forked child must not repeat its parent's ids.
+os.register_at_fork(after_in_child=_new_id_source)
 
 
 class AccessLog:

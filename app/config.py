@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"
+    opentelemetry: bool = Field(
+        False,
+        description="FastAPI's native OpenTelemetry spans, metrics and logs, sent through the "
+        "providers the deployment configures (off: no per-request provider check).",
+    )
     access_log: bool = Field(
         True,
         description="One JSON line per request on stdout (request id, route, status, latency, "

@@ -55,6 +55,11 @@ _LATENCY_BUCKETS = (
 _ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384, 65536)
 _REQUEST_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _CACHE_COUNTERS = ("hits", "misses", "loads", "evictions")
+_PREDICTIONS_HELP = "Prediction requests served, per model version."
+_ROWS_HELP = "Rows predicted, per model version."
+_DURATION_HELP = "Time to resolve, load if needed, and predict one request, per model version."
+_BATCH_ROWS_HELP = "Rows per forward pass, per model version."
+_BATCH_REQUESTS_HELP = "Requests grouped into one forward pass, per model version."
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 PUBLISH_SECONDS = 1.0
 # Distinct (route, prefix) pairs remembered; raw prefixes beyond it are worked out each time.
@@ -82,8 +87,6 @@ class Metrics:
         registry = self.registry
         shared = shared_metrics_dir()
         self._cache_publisher: CachePublisher | None = None
-        # Multiprocess mode: series live in the files, not in a registry of this process.
-        series_registry = None if shared is not None else registry
         if shared is not None:
             forget_dead_processes(shared)
             MultiProcessCollector(registry, path=str(shared))
@@ -95,39 +98,40 @@ class Metrics:
             self.requests = RequestSeries(_LATENCY_BUCKETS)
             registry.register(self.requests)
             registry.register(ModelCacheCollector(state))
-        self.predictions = Counter(
-            "graft_predictions",
-            "Prediction requests served, per model version.",
-            ["model", "version"],
-            registry=series_registry,
-        )
-        self.prediction_rows = Counter(
-            "graft_prediction_rows",
-            "Rows predicted, per model version.",
-            ["model", "version"],
-            registry=series_registry,
-        )
-        self.prediction_duration = Histogram(
-            "graft_prediction_duration_seconds",
-            "Time to resolve, load if needed, and predict one request, per model version.",
-            ["model", "version"],
-            buckets=_LATENCY_BUCKETS,
-            registry=series_registry,
-        )
-        self.batch_rows = Histogram(
-            "graft_batch_rows",
-            "Rows per forward pass, per model version.",
-            ["model", "version"],
-            buckets=_ROW_BUCKETS,
-            registry=series_registry,
-        )
-        self.batch_requests = Histogram(
-            "graft_batch_requests",
-            "Requests grouped into one forward pass, per model version.",
-            ["model", "version"],
-            buckets=_REQUEST_BUCKETS,
-            registry=series_registry,
-        )
+        # One process: prediction and batch series in plain lists too (PredictionSeries);
+        # several: prometheus_client's multiprocess counters and histograms.
+        self.prediction_series: PredictionSeries | None = None
+        if shared is None:
+            self.prediction_series = PredictionSeries()
+            registry.register(self.prediction_series)
+        else:
+            self.predictions = Counter(
+                "graft_predictions", _PREDICTIONS_HELP, ["model", "version"], registry=None
+            )
+            self.prediction_rows = Counter(
+                "graft_prediction_rows", _ROWS_HELP, ["model", "version"], registry=None
+            )
+            self.prediction_duration = Histogram(
+                "graft_prediction_duration_seconds",
+                _DURATION_HELP,
+                ["model", "version"],
+                buckets=_LATENCY_BUCKETS,
+                registry=None,
+            )
+            self.batch_rows = Histogram(
+                "graft_batch_rows",
+                _BATCH_ROWS_HELP,
+                ["model", "version"],
+                buckets=_ROW_BUCKETS,
+                registry=None,
+            )
+            self.batch_requests = Histogram(
+                "graft_batch_requests",
+                _BATCH_REQUESTS_HELP,
+                ["model", "version"],
+                buckets=_REQUEST_BUCKETS,
+                registry=None,
+            )
         registry.register(JobsCollector(state))
         # `labels()` takes a lock and builds a tuple on every call; children are kept instead.
         self._prediction_children: dict[tuple[str, int], tuple[Any, Any, Any]] = {}
@@ -138,6 +142,9 @@ class Metrics:
 
     def observe_prediction(self, model: str, version: int, rows: int, seconds: float) -> None:
         """One prediction request of `rows` rows served by `model` version `version`."""
+        if self.prediction_series is not None:
+            self.prediction_series.observe_prediction(model, version, rows, seconds)
+            return
         children = self._prediction_children.get((model, version))
         if children is None:
             labels = (model, str(version))
@@ -154,6 +161,9 @@ class Metrics:
 
     def record_batch(self, model_name: str, version: int, rows: int, requests: int) -> None:
         """One forward pass over `rows` rows gathered from `requests` requests."""
+        if self.prediction_series is not None:
+            self.prediction_series.record_batch(model_name, version, rows, requests)
+            return
         children = self._batch_children.get((model_name, version))
         if children is None:
             labels = (model_name, str(version))
@@ -219,6 +229,79 @@ class RequestSeries(Collector):
                 buckets.append((bound, cumulative))
             latency.add_metric([method, route], buckets, sum_value=values[-1])
         yield latency
+
+
+def _histogram(
+    family: HistogramMetricFamily,
+    labels: list[str],
+    bounds: tuple[float, ...],
+    counts: list[float],
+    total: float,
+) -> None:
+    """Add one label set's histogram from per-bucket counts (the last one +Inf)."""
+    cumulative, buckets = 0.0, []
+    for bound, in_bucket in zip([*map(str, map(float, bounds)), "+Inf"], counts, strict=True):
+        cumulative += in_bucket
+        buckets.append((bound, cumulative))
+    family.add_metric(labels, buckets, sum_value=total)
+
+
+class PredictionSeries(Collector):
+    """Prediction and forward-pass series of one process, in plain lists per model version.
+
+    Like RequestSeries, and for the same reason: both writers (the predict routes and the
+    batcher's pass listener) run on the event loop, so a request costs a dict lookup and a
+    few list increments instead of eight locked prometheus_client updates.
+    """
+
+    def __init__(self) -> None:
+        # Per (model, version): count, rows, then latency buckets (+Inf last), then the sum.
+        self._predictions: dict[tuple[str, int], list[float]] = {}
+        # Per (model, version): rows buckets (+Inf last), rows sum, requests buckets, sum.
+        self._passes: dict[tuple[str, int], list[float]] = {}
+
+    def observe_prediction(self, model: str, version: int, rows: int, seconds: float) -> None:
+        row = self._predictions.get((model, version))
+        if row is None:
+            row = self._predictions[(model, version)] = [0.0] * (len(_LATENCY_BUCKETS) + 4)
+        row[0] += 1
+        row[1] += rows
+        row[2 + bisect_left(_LATENCY_BUCKETS, seconds)] += 1
+        row[-1] += seconds
+
+    def record_batch(self, model: str, version: int, rows: int, requests: int) -> None:
+        row = self._passes.get((model, version))
+        if row is None:
+            width = len(_ROW_BUCKETS) + len(_REQUEST_BUCKETS) + 4
+            row = self._passes[(model, version)] = [0.0] * width
+        row[bisect_left(_ROW_BUCKETS, rows)] += 1
+        row[len(_ROW_BUCKETS) + 1] += rows
+        start = len(_ROW_BUCKETS) + 2
+        row[start + bisect_left(_REQUEST_BUCKETS, requests)] += 1
+        row[-1] += requests
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["model", "version"]
+        count = CounterMetricFamily("graft_predictions", _PREDICTIONS_HELP, labels=labels)
+        rows = CounterMetricFamily("graft_prediction_rows", _ROWS_HELP, labels=labels)
+        duration = HistogramMetricFamily(
+            "graft_prediction_duration_seconds", _DURATION_HELP, labels=labels
+        )
+        for (model, version), row in list(self._predictions.items()):
+            values, names = list(row), [model, str(version)]
+            count.add_metric(names, values[0])
+            rows.add_metric(names, values[1])
+            _histogram(duration, names, _LATENCY_BUCKETS, values[2:-1], values[-1])
+        batch_rows = HistogramMetricFamily("graft_batch_rows", _BATCH_ROWS_HELP, labels=labels)
+        batch_requests = HistogramMetricFamily(
+            "graft_batch_requests", _BATCH_REQUESTS_HELP, labels=labels
+        )
+        split = len(_ROW_BUCKETS) + 1
+        for (model, version), row in list(self._passes.items()):
+            values, names = list(row), [model, str(version)]
+            _histogram(batch_rows, names, _ROW_BUCKETS, values[:split], values[split])
+            _histogram(batch_requests, names, _REQUEST_BUCKETS, values[split + 1 : -1], values[-1])
+        yield from (count, rows, duration, batch_rows, batch_requests)
 
 
 class SharedRequestSeries:

@@ -146,6 +146,26 @@ def test_a_client_request_id_is_kept_only_when_it_is_a_plain_token(
         assert len(rid) == 16 and int(rid, 16) >= 0
 
 
+def test_new_request_ids_differ_within_and_across_processes() -> None:
+    import subprocess
+    import sys
+
+    program = (
+        "from app.access_log import request_id; print(*(request_id(None) for _ in range(1000)))"
+    )
+    runs = [
+        set(
+            subprocess.run(
+                [sys.executable, "-c", program], capture_output=True, text=True, check=True
+            ).stdout.split()
+        )
+        for _ in range(2)
+    ]
+    mine = {request_id(None) for _ in range(1000)}
+    assert [len(ids) for ids in (*runs, mine)] == [1000, 1000, 1000]
+    assert not (runs[0] & runs[1]) and not (runs[0] & mine)
+
+
 def test_every_response_carries_the_request_id(client: TestClient, settings: Settings) -> None:
     echoed = client.get("/healthz", headers={"X-Request-ID": "trace-7"})
     assert echoed.headers["x-request-id"] == "trace-7"

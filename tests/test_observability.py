@@ -207,3 +207,61 @@ class TestJobs:
         assert value(samples, "graft_jobs", **queued) == 1
         assert value(samples, "graft_jobs", status="cancelled", kind="source_training") == 1
         assert value(samples, "graft_jobs", status="queued", kind="fine_tuning") == 0
+
+
+def test_prediction_series_expose_what_prometheus_client_would() -> None:
+    """The plain-list series of one process write the same exposition as prometheus_client's
+    own counters and histograms fed the same observations."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+    from app import observability
+
+    ours = observability.PredictionSeries()
+    reference = CollectorRegistry()
+    labels = ["model", "version"]
+    count = Counter("graft_predictions", "x", labels, registry=reference)
+    rows = Counter("graft_prediction_rows", "x", labels, registry=reference)
+    duration = Histogram(
+        "graft_prediction_duration_seconds",
+        "x",
+        labels,
+        buckets=observability._LATENCY_BUCKETS,
+        registry=reference,
+    )
+    batch_rows = Histogram(
+        "graft_batch_rows", "x", labels, buckets=observability._ROW_BUCKETS, registry=reference
+    )
+    batch_requests = Histogram(
+        "graft_batch_requests",
+        "x",
+        labels,
+        buckets=observability._REQUEST_BUCKETS,
+        registry=reference,
+    )
+    for model, version, n, seconds, requests in [
+        ("iris", 1, 1, 0.0004, 1),
+        ("iris", 1, 64, 0.003, 3),
+        ("iris", 2, 10_000, 0.25, 1),
+        ("iris", 1, 1, 0.0005, 300),
+        ("digits", 7, 70_000, 12.0, 2),
+    ]:
+        ours.observe_prediction(model, version, n, seconds)
+        ours.record_batch(model, version, n, requests)
+        count.labels(model, str(version)).inc()
+        rows.labels(model, str(version)).inc(n)
+        duration.labels(model, str(version)).observe(seconds)
+        batch_rows.labels(model, str(version)).observe(n)
+        batch_requests.labels(model, str(version)).observe(requests)
+
+    def samples(registry: CollectorRegistry) -> set[tuple[str, frozenset[Any], float]]:
+        text = generate_latest(registry).decode()
+        return {
+            (sample.name, frozenset(sample.labels.items()), sample.value)
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if not sample.name.endswith("_created")
+        }
+
+    mine = CollectorRegistry()
+    mine.register(ours)
+    assert samples(mine) == samples(reference)

@@ -1,5 +1,6 @@
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -7,9 +8,11 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.routing import APIRoute
 from starlette.datastructures import QueryParams
+from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.api.auth import scope_header
 from app.api.problems import problem_response
 from app.errors import AppError, Invalid, UnsupportedMediaType
 from app.observability import Metrics
@@ -79,7 +82,21 @@ async def predict(request: Request) -> Response:
 
 
 async def handle_predict(request: Request, name: str) -> Response:
-    """The predict route's work, shared by the FastAPI route and PredictFastLane.
+    """The predict route's work as a Response (the FastAPI route's)."""
+    content = await predict_content(
+        request.scope, name, request.headers.get("content-type"), request.body
+    )
+    return Response(content, media_type="application/json")
+
+
+async def predict_content(
+    scope: Scope,
+    name: str,
+    content_type: str | None,
+    read_body: Callable[[], Awaitable[bytes]],
+) -> bytes:
+    """The predict route's work, shared by the FastAPI route and PredictFastLane: the JSON
+    response body, or an AppError.
 
     Predictions are the hot path, so this does by hand what FastAPI would do: it reads the
     parameters from the request, parses the body once (simdjson straight to a matrix for a
@@ -89,10 +106,11 @@ async def handle_predict(request: Request, name: str) -> Response:
     document still describes the request and the response.
     """
     started = time.perf_counter()
-    version, alias = _selector(request.scope["query_string"])
-    _require_json(request.headers.get("content-type"))
-    raw = await request.body()
-    service: PredictionService = request.app.state.predictions
+    version, alias = _selector(scope["query_string"])
+    _require_json(content_type)
+    raw = await read_body()
+    state = scope["app"].state
+    service: PredictionService = state.predictions
     max_rows = service.max_rows
     large = len(raw) > OFF_LOOP_BODY_BYTES
     if large:
@@ -101,7 +119,7 @@ async def handle_predict(request: Request, name: str) -> Response:
         matrix, body = _parsed(raw, max_rows, False)
     resolved = await service.resolve(name, version=version, alias=alias)
     # For request metrics by model version (see PredictFastLane).
-    request.scope.setdefault("state", {})["model_version"] = resolved
+    scope.setdefault("state", {})["model_version"] = resolved
     result = None
     if matrix is not None:
         result = await service.predict_matrix(resolved, matrix, off_loop=large)
@@ -124,16 +142,14 @@ async def handle_predict(request: Request, name: str) -> Response:
             off_loop=large,
         )
         rows = body.rows
-    metrics: Metrics | None = getattr(request.app.state, "metrics", None)
+    metrics: Metrics | None = getattr(state, "metrics", None)
     if metrics is not None:
         metrics.observe_prediction(
             resolved.name, resolved.version, rows, time.perf_counter() - started
         )
     if large:
-        content = await asyncio.to_thread(_encode_in_steps, resolved, result)
-    else:
-        content = _encode(resolved, result)
-    return Response(content, media_type="application/json")
+        return await asyncio.to_thread(_encode_in_steps, resolved, result)
+    return _encode(resolved, result)
 
 
 def _parsed(
@@ -180,20 +196,38 @@ class PredictFastLane:
             return
         scope["route"] = self._predict_route(scope)
         scope["path_params"] = {"name": name}
-        request = Request(scope, receive)
+        content_type = scope_header(scope, b"content-type")
         try:
-            response = await handle_predict(request, name)
+            content = await predict_content(
+                scope,
+                name,
+                None if content_type is None else content_type.decode("latin-1"),
+                lambda: _read_body(receive),
+            )
         except AppError as exc:
             response = problem_response(
                 exc.status_code,
                 exc.code,
                 exc.title,
                 exc.detail,
-                request=request,
+                request=Request(scope, receive),
                 errors=exc.errors,
                 headers=exc.headers,
             )
-        await response(scope, receive, send)
+            await response(scope, receive, send)
+            return
+        # What Response(content, media_type="application/json") sends, without building one.
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-length", str(len(content)).encode()),
+                    (b"content-type", b"application/json"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": content})
 
     def _model_name(self, scope: Scope) -> str | None:
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -212,6 +246,18 @@ class PredictFastLane:
             self._route = _find_route(scope["app"].routes)
             self._searched = True
         return self._route
+
+
+async def _read_body(receive: Receive) -> bytes:
+    """The whole request body, as Request.body() reads it, without a Request."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _find_route(routes: list[Any]) -> BaseRoute | None:
