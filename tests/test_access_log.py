@@ -146,6 +146,20 @@ def test_a_client_request_id_is_kept_only_when_it_is_a_plain_token(
         assert len(rid) == 16 and int(rid, 16) >= 0
 
 
+def test_timestamps_are_what_datetime_writes() -> None:
+    import random
+    from datetime import UTC, datetime
+
+    from app.access_log import _timestamp
+
+    draw = random.Random(7)
+    walls = [1765000000.001, 1765000000.9999996, 0.0005, 1.5]
+    walls += [draw.uniform(0, 4e9) for _ in range(2000)]
+    for wall in walls:
+        expected = datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds")
+        assert _timestamp(wall) == expected, wall
+
+
 def test_new_request_ids_differ_within_and_across_processes() -> None:
     import subprocess
     import sys
