@@ -40,19 +40,48 @@ def list_models(
     )
 
 
+def model_summaries(
+    session: Session, names: list[str]
+) -> dict[str, tuple[int | None, dict[str, int]]]:
+    """Each model's latest version and aliases, for a page of models: two indexed queries
+    for the whole page, not two per model."""
+    if not names:
+        return {}
+    latest: dict[str, int] = {
+        name: number
+        for name, number in session.execute(
+            select(ModelVersion.model_name, func.max(ModelVersion.version))
+            .where(ModelVersion.model_name.in_(names))
+            .group_by(ModelVersion.model_name)
+        )
+    }
+    aliases: dict[str, dict[str, int]] = {name: {} for name in names}
+    for name, alias, version in session.execute(
+        select(ModelAlias.model_name, ModelAlias.alias, ModelAlias.version)
+        .where(ModelAlias.model_name.in_(names))
+        .order_by(ModelAlias.model_name, ModelAlias.alias)
+    ):
+        aliases[name][alias] = version
+    return {name: (latest.get(name), aliases[name]) for name in names}
+
+
+def aliases_of_versions(session: Session, name: str, versions: list[int]) -> dict[int, list[str]]:
+    """The aliases pointing at each of a page of one model's versions, in one query."""
+    found: dict[int, list[str]] = {version: [] for version in versions}
+    if versions:
+        for alias, version in session.execute(
+            select(ModelAlias.alias, ModelAlias.version)
+            .where(ModelAlias.model_name == name, ModelAlias.version.in_(versions))
+            .order_by(ModelAlias.alias)
+        ):
+            found[version].append(alias)
+    return found
+
+
 def latest_version(session: Session, name: str) -> int | None:
     return session.scalar(
         select(func.max(ModelVersion.version)).where(ModelVersion.model_name == name)
     )
-
-
-def aliases_of_model(session: Session, name: str) -> dict[str, int]:
-    rows = session.execute(
-        select(ModelAlias.alias, ModelAlias.version)
-        .where(ModelAlias.model_name == name)
-        .order_by(ModelAlias.alias)
-    )
-    return {alias: version for alias, version in rows}
 
 
 def get_version(

@@ -18,16 +18,30 @@ AliasPath = Annotated[
 VersionPath = Annotated[int, Path(ge=1, le=MAX_INT32)]
 
 
-def model_to_read(session: Session, model: RegisteredModel) -> RegisteredModelRead:
-    return RegisteredModelRead(
-        name=model.name,
-        created_at=model.created_at,
-        latest_version=registry_service.latest_version(session, model.name),
-        aliases=registry_service.aliases_of_model(session, model.name),
+def models_to_read(session: Session, models: list[RegisteredModel]) -> list[RegisteredModelRead]:
+    summaries = registry_service.model_summaries(session, [model.name for model in models])
+    return [
+        RegisteredModelRead(
+            name=model.name,
+            created_at=model.created_at,
+            latest_version=summaries[model.name][0],
+            aliases=summaries[model.name][1],
+        )
+        for model in models
+    ]
+
+
+def versions_to_read(session: Session, versions: list[ModelVersion]) -> list[ModelVersionRead]:
+    """A page of one model's versions, with their aliases read in one query."""
+    if not versions:
+        return []
+    aliases = registry_service.aliases_of_versions(
+        session, versions[0].model_name, [version.version for version in versions]
     )
+    return [version_to_read(version, aliases[version.version]) for version in versions]
 
 
-def version_to_read(session: Session, version: ModelVersion) -> ModelVersionRead:
+def version_to_read(version: ModelVersion, aliases: list[str]) -> ModelVersionRead:
     parent = None
     if version.parent_name is not None and version.parent_version is not None:
         parent = {"name": version.parent_name, "version": version.parent_version}
@@ -51,7 +65,7 @@ def version_to_read(session: Session, version: ModelVersion) -> ModelVersionRead
             "size_bytes": version.size_bytes,
             "sha256": version.sha256,
             "memory_bytes": version.memory_bytes,
-            "aliases": registry_service.aliases_of_version(session, version),
+            "aliases": aliases,
             "lineage": version.lineage,
             "created_by": version.created_by,
         }
@@ -64,9 +78,7 @@ def list_models(
 ) -> Page[RegisteredModelRead]:
     """Registered models, newest first (`after` is a model name)."""
     rows, has_more = registry_service.list_models(session, limit=limit, after=after)
-    return Page[RegisteredModelRead](
-        data=[model_to_read(session, m) for m in rows], has_more=has_more
-    )
+    return Page[RegisteredModelRead](data=models_to_read(session, rows), has_more=has_more)
 
 
 @router.get(
@@ -77,7 +89,7 @@ def list_models(
 )
 def get_model(session: ReadSessionDep, name: str) -> RegisteredModelRead:
     """A model's latest version number and aliases."""
-    return model_to_read(session, registry_service.get_model(session, name))
+    return models_to_read(session, [registry_service.get_model(session, name)])[0]
 
 
 @router.delete(
@@ -109,9 +121,7 @@ def list_versions(
 ) -> Page[ModelVersionRead]:
     """Versions, newest first."""
     rows, has_more = registry_service.list_versions(session, name, limit=limit, after=after)
-    return Page[ModelVersionRead](
-        data=[version_to_read(session, v) for v in rows], has_more=has_more
-    )
+    return Page[ModelVersionRead](data=versions_to_read(session, rows), has_more=has_more)
 
 
 @router.get(
@@ -122,7 +132,7 @@ def list_versions(
 )
 def get_version(session: ReadSessionDep, name: str, version: VersionPath) -> ModelVersionRead:
     """Signature, preprocessing, architecture, hyperparameters, metrics and lineage."""
-    return version_to_read(session, registry_service.get_version(session, name, version))
+    return versions_to_read(session, [registry_service.get_version(session, name, version)])[0]
 
 
 @router.delete(

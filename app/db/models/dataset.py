@@ -1,7 +1,7 @@
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Integer, LargeBinary, String
+from sqlalchemy import JSON, Index, Integer, LargeBinary, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, UTCDateTime
@@ -9,6 +9,8 @@ from app.db.base import Base, UTCDateTime
 
 class Dataset(Base):
     __tablename__ = "datasets"
+    # Lists go newest first, `id` breaking ties: pages come off this index, unsorted.
+    __table_args__ = (Index("ix_datasets_created_at_id", "created_at", "id"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
@@ -18,7 +20,7 @@ class Dataset(Base):
     size_bytes: Mapped[int] = mapped_column(Integer)
     sha256: Mapped[str] = mapped_column(String(64))
     origin: Mapped[dict[str, Any]] = mapped_column(JSON)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     # The API key that asked for it (None: made with auth disabled, or before keys).
     created_by: Mapped[str | None] = mapped_column(String(40), index=True)
     # Deferred so that listing datasets never drags their bytes out of the database.

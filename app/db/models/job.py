@@ -9,12 +9,20 @@ from app.db.base import Base, UTCDateTime
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_status_created_at", "status", "created_at"),)
+    # Every list order (newest first, id breaking ties) and filter has an index that yields
+    # a page without a sort: unfiltered, by status, by kind, by both. The status one also
+    # serves the queue's claim (oldest queued first).
+    __table_args__ = (
+        Index("ix_jobs_created_at_id", "created_at", "id"),
+        Index("ix_jobs_status_created_at_id", "status", "created_at", "id"),
+        Index("ix_jobs_kind_created_at_id", "kind", "created_at", "id"),
+        Index("ix_jobs_status_kind_created_at_id", "status", "kind", "created_at", "id"),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(32), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(String(16))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     request: Mapped[dict[str, Any]] = mapped_column(JSON)

@@ -1,6 +1,6 @@
 from datetime import datetime
 
-from sqlalchemy import Integer, String
+from sqlalchemy import Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, UTCDateTime
@@ -8,8 +8,10 @@ from app.db.base import Base, UTCDateTime
 
 class RegisteredModel(Base):
     __tablename__ = "registered_models"
+    # Lists go newest first, `name` breaking ties: pages come off this index, unsorted.
+    __table_args__ = (Index("ix_registered_models_created_at_name", "created_at", "name"),)
 
     name: Mapped[str] = mapped_column(String(200), primary_key=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     # Monotonic: a deleted version's number is never handed out again.
     last_version: Mapped[int] = mapped_column(Integer, default=0)
