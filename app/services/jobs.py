@@ -184,12 +184,13 @@ def _check_quotas(session: Session, caller: Caller) -> None:
     """
     if caller.key_id is not None:
         session.execute(lock_rows(select(ApiKey.id).where(ApiKey.id == caller.key_id), "update"))
-        active = session.scalar(
-            select(func.count())
-            .select_from(Job)
-            .where(Job.created_by == caller.key_id, Job.status.in_(ACTIVE_JOB_STATUSES))
+        active = _count_up_to(
+            session,
+            caller.max_active_jobs,
+            Job.created_by == caller.key_id,
+            Job.status.in_(ACTIVE_JOB_STATUSES),
         )
-        if (active or 0) >= caller.max_active_jobs:
+        if active >= caller.max_active_jobs:
             raise TooManyRequests(
                 "too_many_active_jobs",
                 f"API key {caller.key_id} has {active} queued or running jobs, the most one key "
@@ -197,16 +198,21 @@ def _check_quotas(session: Session, caller: Caller) -> None:
                 "one to end or cancel one",
                 retry_after=_RETRY_AFTER_SECONDS,
             )
-    queued = session.scalar(
-        select(func.count()).select_from(Job).where(Job.status == JobStatus.QUEUED)
-    )
-    if (queued or 0) >= caller.max_queued_jobs:
+    queued = _count_up_to(session, caller.max_queued_jobs, Job.status == JobStatus.QUEUED)
+    if queued >= caller.max_queued_jobs:
         raise TooManyRequests(
             "queue_full",
             f"{queued} jobs are waiting, as many as the server queues "
             f"(GRAFT_MAX_QUEUED_JOBS={caller.max_queued_jobs}); retry later",
             retry_after=_RETRY_AFTER_SECONDS,
         )
+
+
+def _count_up_to(session: Session, limit: int, *conditions: Any) -> int:
+    """How many jobs match, counting no further than `limit`: the check reads at most
+    `limit` index entries, however many jobs the table holds."""
+    matching = select(Job.id).where(*conditions).limit(limit).subquery()
+    return int(session.scalar(select(func.count()).select_from(matching)) or 0)
 
 
 def _replay(session: Session, key: str, digest: str, caller: Caller) -> Job | None:

@@ -1,5 +1,6 @@
 """Indexes that give every list its page without a sort: (created_at, id) and, for jobs,
-the same behind each filter (status, kind, both).
+the same behind each filter (status, kind, both); and a key's active jobs by (created_by,
+status), for its quota.
 
 Revision ID: e9f1a3b5c7d9
 Revises: d8e0f2a4b6c8
@@ -22,12 +23,13 @@ _CHANGES = [
     ("api_keys", ["created_at"], [("created_at", "id")]),
     (
         "jobs",
-        ["created_at", "kind", "status_created_at"],
+        ["created_at", "kind", "status_created_at", "created_by"],
         [
             ("created_at", "id"),
             ("status", "created_at", "id"),
             ("kind", "created_at", "id"),
             ("status", "kind", "created_at", "id"),
+            ("created_by", "status"),
         ],
     ),
 ]
@@ -36,6 +38,7 @@ _OLD_COLUMNS = {
     "created_at": ("created_at",),
     "kind": ("kind",),
     "status_created_at": ("status", "created_at"),
+    "created_by": ("created_by",),
 }
 
 

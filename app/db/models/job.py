@@ -17,6 +17,8 @@ class Job(Base):
         Index("ix_jobs_status_created_at_id", "status", "created_at", "id"),
         Index("ix_jobs_kind_created_at_id", "kind", "created_at", "id"),
         Index("ix_jobs_status_kind_created_at_id", "status", "kind", "created_at", "id"),
+        # A key's active jobs (its quota), counted without reading its finished ones.
+        Index("ix_jobs_created_by_status", "created_by", "status"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -48,4 +50,4 @@ class Job(Base):
     request_hash: Mapped[str | None] = mapped_column(String(64))
     next_event_seq: Mapped[int] = mapped_column(Integer, default=1)
     # The API key that asked for it (None: made with auth disabled, or before keys).
-    created_by: Mapped[str | None] = mapped_column(String(40), index=True)
+    created_by: Mapped[str | None] = mapped_column(String(40))
