@@ -1,0 +1,323 @@
+"""Scale: reads that stay flat as versions and queued jobs pile up.
+
+Builds one registry in steps and, at each step, measures a real `graft serve` (one API
+process, no job workers so queued jobs stay queued, log level warning, access log on, auth
+on: every request carries the admin key) with sequential requests on one keep-alive
+connection: p50 and p99 of each list route, the model lookup, a version lookup, predictions
+by alias and by default, and job submission, with the ratio of each p99 to the first step's.
+
+The registry is built through the service layer (`registry.register_version`,
+`jobs.submit_source_training`: the same rules and statements as the API, many per
+transaction), in this process, between steps while the server is stopped:
+
+- first step ("base"): a small model `bench` trained through the API (so that predictions are
+  real), then `bench` filled to 60 versions, 60 models and 60 queued jobs, so that every page
+  of 50 is full;
+- then up to `--versions` versions in all (a fifth in `bench`, the rest in models of 125
+  versions each) and `--queued` queued jobs.
+
+    .venv/bin/python benchmarks/scale.py                                  # 10^5 and 10^6 versions
+    .venv/bin/python benchmarks/scale.py --versions 10000,100000 --queued 1000,10000
+    .venv/bin/python benchmarks/scale.py --postgres postgresql+psycopg://postgres@127.0.0.1:5432/test
+
+Aim: every p99 within 1.2x of the base registry's.
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._harness import (
+    BENCH_ADMIN_KEY,
+    Api,
+    _stop,
+    _wait_ready,
+    free_port,
+    percentile,
+    temporary_postgres,
+)
+
+BASE_ROWS = 60
+MODEL_SIZE = 125
+COMMIT_EVERY = 2000
+IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
+
+
+class Registry:
+    """Grows the registry through the service layer."""
+
+    def __init__(self, database_url: str) -> None:
+        from app.db.session import Database
+
+        self.database = Database(database_url)
+        self.versions = 0
+        self.queued = 0
+        self._fields: dict[str, Any] = {}
+        self._weights = b""
+        self._dataset_id = ""
+        self._next_model = 0
+
+    def learn_from(self, model: str, dataset_id: str) -> None:
+        """What every added version copies: the trained model's fields and weights."""
+        from sqlalchemy import func, select
+        from sqlalchemy.orm import undefer
+
+        from app.db.models import Job, ModelVersion
+
+        with self.database.read_scope() as session:
+            first = session.scalar(
+                select(ModelVersion)
+                .options(undefer(ModelVersion.weights))
+                .where(ModelVersion.model_name == model, ModelVersion.version == 1)
+            )
+            assert first is not None
+            self._weights = first.weights
+            self._fields = {
+                column: getattr(first, column)
+                for column in (
+                    "kind", "strategy", "parent_name", "parent_version", "dataset_id", "task",
+                    "signature", "architecture", "hyperparameters", "preprocessing", "metrics",
+                    "size_bytes", "sha256", "memory_bytes", "job_id",
+                )
+            }  # fmt: skip
+            self.versions = session.scalar(select(func.count()).select_from(ModelVersion)) or 0
+            self.queued = (
+                session.scalar(select(func.count()).select_from(Job).where(Job.status == "queued"))
+                or 0
+            )
+        self._dataset_id = dataset_id
+
+    def add_versions(self, name: str, count: int) -> None:
+        from app.services import registry
+
+        done = 0
+        while done < count:
+            batch = min(COMMIT_EVERY, count - done)
+            with self.database.session_scope() as session:
+                for _ in range(batch):
+                    registry.register_version(
+                        session, name=name, weights=self._weights, **self._fields
+                    )
+            done += batch
+        self.versions += count
+
+    def grow_versions(self, total: int, big: str) -> None:
+        """Up to `total` versions: a fifth of what is added in `big`, the rest in new
+        models of MODEL_SIZE versions."""
+        missing = total - self.versions
+        if missing <= 0:
+            return
+        self.add_versions(big, missing // 5)
+        missing = total - self.versions
+        while missing > 0:
+            size = min(MODEL_SIZE, missing)
+            self.add_versions(f"model-{self._next_model:06d}", size)
+            self._next_model += 1
+            missing -= size
+
+    def add_models(self, count: int) -> None:
+        for _ in range(count):
+            self.add_versions(f"model-{self._next_model:06d}", 1)
+            self._next_model += 1
+
+    def grow_queued(self, total: int) -> None:
+        from app.schemas.jobs import SourceTrainingCreate
+        from app.services import jobs
+
+        request = SourceTrainingCreate.model_validate(
+            {
+                "dataset_id": self._dataset_id,
+                "target_column": "target",
+                "model_name": "queued",
+                "hyperparameters": {"epochs": 1},
+            }
+        )
+        caller = jobs.Caller(max_queued_jobs=10**9)
+        while self.queued < total:
+            batch = min(COMMIT_EVERY, total - self.queued)
+            with self.database.session_scope() as session:
+                for _ in range(batch):
+                    jobs.submit_source_training(session, request, caller=caller)
+            self.queued += batch
+
+    def close(self) -> None:
+        self.database.dispose()
+
+
+class Server:
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.env, self.log = env, log
+        self.process: subprocess.Popen[bytes] | None = None
+        self.api: Api | None = None
+
+    def __enter__(self) -> Api:
+        port = free_port()
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", "serve", "--no-migrate", "--port", str(port)],
+                env={**self.env, "GRAFT_PORT": str(port)},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self.api = Api(port)
+        _wait_ready(self.api, self.process, self.log)
+        return self.api
+
+    def __exit__(self, *_: object) -> None:
+        assert self.process is not None
+        _stop(self.process)
+
+
+def measure(api: Api, requests: int, job_id: str, dataset_id: str) -> dict[str, dict[str, float]]:
+    predict = {"instances": [IRIS_ROW]}
+    submit = {
+        "dataset_id": dataset_id,
+        "target_column": "target",
+        "model_name": "submitted",
+        "hyperparameters": {"epochs": 1},
+    }
+    routes: list[tuple[str, str, str, Any]] = [
+        ("GET /v1/models?limit=50", "GET", "/v1/models?limit=50", None),
+        ("GET /v1/models/{name}/versions", "GET", "/v1/models/bench/versions?limit=50", None),
+        ("GET /v1/models/{name}", "GET", "/v1/models/bench", None),
+        ("GET /v1/models/{name}/versions/1", "GET", "/v1/models/bench/versions/1", None),
+        ("GET /v1/jobs?limit=50", "GET", "/v1/jobs?limit=50", None),
+        ("GET /v1/jobs?status=queued&limit=50", "GET", "/v1/jobs?status=queued&limit=50", None),
+        ("GET /v1/jobs/{id}/events", "GET", f"/v1/jobs/{job_id}/events?limit=50", None),
+        ("GET /v1/datasets?limit=50", "GET", "/v1/datasets?limit=50", None),
+        ("GET /v1/keys?limit=50", "GET", "/v1/keys?limit=50", None),
+        ("predict ?alias=production", "POST", "/v1/models/bench/predict?alias=production", predict),
+        ("predict (default)", "POST", "/v1/models/bench/predict", predict),
+        ("POST /v1/jobs/source-training", "POST", "/v1/jobs/source-training", submit),
+    ]  # fmt: skip
+    results = {}
+    for label, method, path, body in routes:
+        for _ in range(20):
+            api.ok(method, path, body)
+        times = []
+        for _ in range(requests):
+            started = time.perf_counter()
+            status, data = api.call(method, path, body)
+            times.append((time.perf_counter() - started) * 1000)
+            if status >= 400:
+                raise RuntimeError(f"{label}: {status} {data}")
+        results[label] = {"p50": percentile(times, 50), "p99": percentile(times, 99)}
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--versions", default="100000,1000000", help="versions in all, per step")
+    parser.add_argument("--queued", default="10000,100000", help="queued jobs in all, per step")
+    parser.add_argument("--requests", type=int, default=300, help="timed requests per route")
+    parser.add_argument("--postgres", default=None, help="a PostgreSQL server URL (else SQLite)")
+    parser.add_argument("--output", type=Path, default=None, help="also write JSON here")
+    args = parser.parse_args()
+    steps = list(
+        zip(
+            [int(x) for x in args.versions.split(",")],
+            [int(x) for x in args.queued.split(",")],
+            strict=True,
+        )
+    )
+    with (
+        tempfile.TemporaryDirectory(prefix="graft-scale-") as tmp,
+        temporary_postgres(args.postgres) as postgres,
+    ):
+        data_dir = Path(tmp) / "data"
+        data_dir.mkdir()
+        url = postgres or f"sqlite:///{data_dir / 'graft.db'}"
+        env = {
+            **os.environ,
+            "GRAFT_DATA_DIR": str(data_dir),
+            "GRAFT_DATABASE_URL": url,
+            "GRAFT_ADMIN_KEY": BENCH_ADMIN_KEY,
+            "GRAFT_LOG_LEVEL": "warning",
+            "GRAFT_API_PROCESSES": "1",
+            "GRAFT_WORKERS": "0",
+            "GRAFT_MAX_QUEUED_JOBS": str(10**9),
+            "GRAFT_MAX_ACTIVE_JOBS_PER_KEY": str(10**9),
+            "GRAFT_RATE_LIMIT_PER_SECOND": "0",
+        }
+        subprocess.run(
+            [sys.executable, "-m", "app.cli", "migrate"], env=env, check=True, capture_output=True
+        )
+        log = Path(tmp) / "server.log"
+        print(
+            f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+            f"database: {'PostgreSQL' if postgres else 'SQLite'}; {args.requests} sequential "
+            "keep-alive requests per route",
+            flush=True,
+        )
+        with Server({**env, "GRAFT_WORKERS": "1"}, log) as api:
+            dataset_id = api.ok("POST", "/v1/datasets/builtin", {"name": "iris"})["id"]
+            trained = api.submit(dataset_id, "bench", epochs=3)
+            api.wait(trained, {"succeeded"})
+            api.ok("PUT", "/v1/models/bench/aliases/production", {"version": 1})
+        registry = Registry(url)
+        registry.learn_from("bench", dataset_id)
+        registry.add_versions("bench", BASE_ROWS - 1)
+        registry.add_models(BASE_ROWS)
+        registry.grow_queued(BASE_ROWS)
+        table: list[tuple[str, int, int, dict[str, dict[str, float]]]] = []
+        for label, versions, queued in [
+            ("base", registry.versions, registry.queued),
+            *((f"{v:,} versions", v, q) for v, q in steps),
+        ]:
+            started = time.monotonic()
+            registry.grow_versions(versions, "bench")
+            registry.grow_queued(queued)
+            built = time.monotonic() - started
+            with Server(env, log) as api:
+                figures = measure(api, args.requests, trained, dataset_id)
+            # Submissions add queued jobs: count them for the next step.
+            registry.queued += args.requests + 20
+            table.append((label, registry.versions, registry.queued, figures))
+            print(
+                f"  {label}: {registry.versions:,} versions, {registry.queued:,} queued jobs"
+                f" (built in {built:.0f} s), measured",
+                flush=True,
+            )
+        registry.close()
+    report = _report(table)
+    print(report)
+    if args.output is not None:
+        args.output.write_text(json.dumps({"steps": table, "report": report}, indent=2))
+
+
+def _report(table: list[tuple[str, int, int, dict[str, dict[str, float]]]]) -> str:
+    lines = []
+    header = ["route"] + [f"{label} p50 / p99 ms" for label, *_ in table]
+    header += [f"p99 x base ({label})" for label, *_ in table[1:]]
+    lines.append(" | ".join(header))
+    base = table[0][3]
+    worst = 0.0
+    for route in base:
+        cells = [route]
+        for _, _, _, figures in table:
+            cells.append(f"{figures[route]['p50']:.2f} / {figures[route]['p99']:.2f}")
+        for _, _, _, figures in table[1:]:
+            ratio = figures[route]["p99"] / base[route]["p99"]
+            worst = max(worst, ratio)
+            cells.append(f"{ratio:.2f}x")
+        lines.append(" | ".join(cells))
+    sizes = ", ".join(f"{label}: {v:,} versions, {q:,} queued jobs" for label, v, q, _ in table)
+    lines.append(f"steps: {sizes}")
+    lines.append(
+        f"aim: every p99 within 1.2x of base: {'met' if worst <= 1.2 else 'MISSED'}"
+        f" (worst {worst:.2f}x)"
+    )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
