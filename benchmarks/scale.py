@@ -6,9 +6,9 @@ on: every request carries the admin key) with sequential requests on one keep-al
 connection: p50 and p99 of each list route, the model lookup, a version lookup, predictions
 by alias and by default, and job submission, with the ratio of each p99 to the first step's.
 
-The registry is built through the service layer (`registry.register_version`,
-`jobs.submit_source_training`: the same rules and statements as the API, many per
-transaction), in this process, between steps while the server is stopped:
+The registry is built through the service layer (`registry.register_versions`, the bulk
+path of version registration, and `jobs.submit_source_training`, as the API submits; many
+per transaction), in this process, between steps while the server is stopped:
 
 - first step ("base"): a small model `bench` trained through the API (so that predictions are
   real), then `bench` filled to 60 versions, 60 models and 60 queued jobs, so that every page
@@ -103,10 +103,9 @@ class Registry:
         while done < count:
             batch = min(COMMIT_EVERY, count - done)
             with self.database.session_scope() as session:
-                for _ in range(batch):
-                    registry.register_version(
-                        session, name=name, weights=self._weights, **self._fields
-                    )
+                registry.register_versions(
+                    session, name=name, weights=self._weights, count=batch, **self._fields
+                )
             done += batch
         self.versions += count
 

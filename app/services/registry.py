@@ -3,7 +3,7 @@
 import re
 from typing import Any
 
-from sqlalchemy import delete, exists, func, or_, select, update
+from sqlalchemy import delete, exists, func, insert, or_, select, update
 from sqlalchemy.orm import Session, undefer
 
 from app.db import changes
@@ -214,6 +214,50 @@ def register_version(session: Session, *, name: str, weights: bytes, **fields: A
     # A new latest version changes what a name without an alias resolves to.
     changes.mark(session, changes.REGISTRY)
     return version
+
+
+def register_versions(
+    session: Session, *, name: str, weights: bytes, count: int, **fields: Any
+) -> range:
+    """`count` new versions of `name` that share weights and fields, in one numbering step
+    and one multi-row insert: a bulk import (and the scale benchmark's registry). The same
+    rules as `register_version`: the model is created on first use, numbers come from the
+    model's counter, and each version's lineage is fixed now. Returns the numbers."""
+    if count < 1:
+        raise ValueError(f"count must be at least 1, got {count}")
+    session.execute(
+        insert_for(session, RegisteredModel)
+        .values(name=name, created_at=utcnow(), last_version=0)
+        .on_conflict_do_nothing(index_elements=["name"])
+    )
+    last = session.execute(
+        update(RegisteredModel)
+        .where(RegisteredModel.name == name)
+        .values(last_version=RegisteredModel.last_version + count)
+        .returning(RegisteredModel.last_version)
+    ).scalar_one()
+    numbers = range(last - count + 1, last + 1)
+    fields.setdefault("memory_bytes", serialization.tensor_bytes(weights))
+    now = utcnow()
+    first = ModelVersion(model_name=name, version=numbers[0], created_at=now, **fields)
+    entry, *ancestors = _lineage(session, first)
+    session.execute(
+        insert(ModelVersion),
+        [
+            {
+                "id": new_id("mv"),
+                "model_name": name,
+                "version": number,
+                "created_at": now,
+                "weights": weights,
+                "lineage": [{**entry, "version": number}, *ancestors],
+                **fields,
+            }
+            for number in numbers
+        ],
+    )
+    changes.mark(session, changes.REGISTRY)
+    return numbers
 
 
 def dataset_ref(session: Session, dataset_id: str, role: str) -> dict[str, Any]:

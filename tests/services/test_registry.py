@@ -62,3 +62,37 @@ def test_two_jobs_registering_a_new_name_at_once_get_versions_1_and_2(
     for thread in threads:
         thread.join(30)
     assert numbers == {"first": 1, "second": 2}
+
+
+def test_bulk_registration_numbers_after_the_last_and_keeps_each_lineage(
+    database: Database,
+) -> None:
+    with database.session_scope() as session:
+        register(session, "bulk")
+    with database.session_scope() as session:
+        numbers = registry.register_versions(
+            session,
+            name="bulk",
+            weights=WEIGHTS,
+            count=5,
+            job_id=None,
+            dataset_id="ds_x",
+            kind="source",
+            task="classification",
+            signature={},
+            architecture={},
+            hyperparameters={},
+            preprocessing={},
+            metrics={},
+            size_bytes=len(WEIGHTS),
+            sha256="0" * 64,
+        )
+    assert list(numbers) == [2, 3, 4, 5, 6]
+    with database.session_scope() as session:
+        assert register(session, "bulk").version == 7
+    with database.read_scope() as session:
+        rows, _ = registry.list_versions(session, "bulk", limit=10, after=None)
+        assert [row.version for row in rows] == [7, 6, 5, 4, 3, 2, 1]
+        assert [row.lineage[0]["version"] for row in rows] == [7, 6, 5, 4, 3, 2, 1]
+        assert len({row.id for row in rows}) == 7
+        assert registry.latest_version(session, "bulk") == 7
