@@ -3,7 +3,7 @@
 import re
 from typing import Any
 
-from sqlalchemy import delete, exists, func, insert, or_, select, update
+from sqlalchemy import delete, exists, insert, or_, select, update
 from sqlalchemy.orm import Session, undefer
 
 from app.db import changes
@@ -47,12 +47,20 @@ def model_summaries(
     for the whole page, not two per model."""
     if not names:
         return {}
-    latest: dict[str, int] = {
+    # One index seek per model (the newest entry of its (model_name, version) range): a
+    # GROUP BY with max() reads every version of each model on SQLite.
+    newest = (
+        select(ModelVersion.version)
+        .where(ModelVersion.model_name == RegisteredModel.name)
+        .order_by(ModelVersion.version.desc())
+        .limit(1)
+        .correlate(RegisteredModel)
+        .scalar_subquery()
+    )
+    latest: dict[str, int | None] = {
         name: number
         for name, number in session.execute(
-            select(ModelVersion.model_name, func.max(ModelVersion.version))
-            .where(ModelVersion.model_name.in_(names))
-            .group_by(ModelVersion.model_name)
+            select(RegisteredModel.name, newest).where(RegisteredModel.name.in_(names))
         )
     }
     aliases: dict[str, dict[str, int]] = {name: {} for name in names}
@@ -80,7 +88,10 @@ def aliases_of_versions(session: Session, name: str, versions: list[int]) -> dic
 
 def latest_version(session: Session, name: str) -> int | None:
     return session.scalar(
-        select(func.max(ModelVersion.version)).where(ModelVersion.model_name == name)
+        select(ModelVersion.version)
+        .where(ModelVersion.model_name == name)
+        .order_by(ModelVersion.version.desc())
+        .limit(1)
     )
 
 
