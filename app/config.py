@@ -91,6 +91,12 @@ class Settings(BaseSettings):
     sweep_seconds: float = Field(
         5.0, gt=0, description="How often workers look for jobs whose worker was lost."
     )
+    job_retention_days: float = Field(
+        0.0,
+        ge=0,
+        description="Days a finished job (succeeded, failed, cancelled) is kept, with its "
+        "events; 0 keeps jobs forever. Versions keep their job id and lineage either way.",
+    )
     job_events_retention_days: float = Field(
         90.0,
         ge=0,

@@ -164,14 +164,43 @@ def queued_before(session: Session, *, seconds_ago: float, limit: int = 500) -> 
     return list(session.scalars(query.order_by(Job.created_at, Job.id).limit(limit)))
 
 
-def prune_events(session: Session, *, older_than_days: float) -> int:
+def prune_events(session: Session, *, older_than_days: float, limit: int | None = None) -> int:
     """Delete the metrics, log and warning events of jobs that ended over `older_than_days`
-    ago; their status events (queued, running, how it ended) stay, as does the job."""
+    ago (at most `limit` of them); their status events (queued, running, how it ended)
+    stay, as does the job."""
     cutoff = utcnow() - timedelta(days=older_than_days)
     ended_long_ago = select(Job.id).where(Job.finished_at < cutoff)
-    result = session.execute(
-        delete(JobEvent).where(
-            JobEvent.job_id.in_(ended_long_ago), JobEvent.type != EventType.STATUS
+    doomed = select(JobEvent.id).where(
+        JobEvent.job_id.in_(ended_long_ago), JobEvent.type != EventType.STATUS
+    )
+    if limit is not None:
+        doomed = doomed.limit(limit)
+    ids = list(session.scalars(doomed))
+    if not ids:
+        return 0
+    session.execute(delete(JobEvent).where(JobEvent.id.in_(ids)))
+    return len(ids)
+
+
+_FINAL = tuple(status for status in JobStatus if status.is_final)
+
+
+def prune_jobs(session: Session, *, older_than_days: float, limit: int) -> int:
+    """Delete at most `limit` jobs that ended over `older_than_days` ago, with their events.
+
+    Versions keep their `job_id` and lineage (plain columns, no foreign key), so the
+    registry's history outlives the job records."""
+    cutoff = utcnow() - timedelta(days=older_than_days)
+    ids = list(
+        session.scalars(
+            select(Job.id)
+            .where(Job.finished_at < cutoff, Job.status.in_(_FINAL))
+            .order_by(Job.finished_at)
+            .limit(limit)
         )
     )
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    if not ids:
+        return 0
+    session.execute(delete(JobEvent).where(JobEvent.job_id.in_(ids)))
+    session.execute(delete(Job).where(Job.id.in_(ids)))
+    return len(ids)

@@ -80,8 +80,12 @@ def serve_job(db: Database, job_id: str, context: WorkerContext, settings: Setti
     return status
 
 
-# Pruning old events is a large, rare delete: once an hour per worker process is plenty.
-PRUNE_EVERY_SECONDS = 3600.0
+# Retention runs at most this often per worker process, in batches of PRUNE_BATCH rows, each
+# its own short transaction with a pause after it, so that no prune holds SQLite's write lock
+# for long: submissions and predictions go on while it runs.
+PRUNE_EVERY_SECONDS = 600.0
+PRUNE_BATCH = 500
+PRUNE_PAUSE_SECONDS = 0.05
 _last_prune = -PRUNE_EVERY_SECONDS
 
 
@@ -96,17 +100,35 @@ def sweep(db: Database, settings: Settings) -> list[str]:
         recovered = queue.requeue_stale(
             session, stale_after=settings.stale_after_seconds, max_attempts=settings.max_attempts
         )
-    days = settings.job_events_retention_days
-    if days > 0 and time.monotonic() - _last_prune >= PRUNE_EVERY_SECONDS:
+    if time.monotonic() - _last_prune >= PRUNE_EVERY_SECONDS:
         _last_prune = time.monotonic()
-        with db.session_scope() as session:
-            pruned = queue.prune_events(session, older_than_days=days)
-        if pruned:
-            log.info("pruned %d events of jobs that ended over %g days ago", pruned, days)
+        prune(db, settings)
     if not recovered:
         return []
     with db.read_scope() as session:
         return queue.queued_among(session, recovered)
+
+
+def prune(db: Database, settings: Settings, stop: threading.Event | None = None) -> None:
+    """Apply the retention settings: finished jobs (GRAFT_JOB_RETENTION_DAYS), then the
+    detailed events of the rest (GRAFT_JOB_EVENTS_RETENTION_DAYS), a batch at a time."""
+    pauses = stop or threading.Event()
+    for days, step, what in (
+        (settings.job_retention_days, queue.prune_jobs, "jobs"),
+        (settings.job_events_retention_days, queue.prune_events, "events of jobs"),
+    ):
+        if days <= 0:
+            continue
+        total = 0
+        while not pauses.is_set():
+            with db.session_scope() as session:
+                removed = step(session, older_than_days=days, limit=PRUNE_BATCH)
+            total += removed
+            if removed < PRUNE_BATCH:
+                break
+            pauses.wait(PRUNE_PAUSE_SECONDS)
+        if total:
+            log.info("pruned %d %s that ended over %g days ago", total, what, days)
 
 
 def _install_stop_signals(context: WorkerContext) -> None:

@@ -1,6 +1,6 @@
 """Indexes that give every list its page without a sort: (created_at, id) and, for jobs,
 the same behind each filter (status, kind, both); and a key's active jobs by (created_by,
-status), for its quota.
+status), for its quota; and jobs by finished_at, for retention.
 
 Revision ID: e9f1a3b5c7d9
 Revises: d8e0f2a4b6c8
@@ -30,6 +30,7 @@ _CHANGES = [
             ("kind", "created_at", "id"),
             ("status", "kind", "created_at", "id"),
             ("created_by", "status"),
+            ("finished_at",),
         ],
     ),
 ]

@@ -283,3 +283,56 @@ class TestEventRetention:
         monkeypatch.setattr(worker, "_last_prune", -worker.PRUNE_EVERY_SECONDS)
         worker.sweep(database, settings.model_copy(update={"job_events_retention_days": 2}))
         assert self._types(database, old) == {EventType.STATUS}
+
+    def test_pruning_goes_a_small_batch_at_a_time_to_the_end(
+        self,
+        client: TestClient,
+        database: Database,
+        settings: Settings,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        old = self._finished_job(client, database)
+        with database.session_scope() as session:
+            session.execute(
+                update(Job).where(Job.id == old).values(finished_at=utcnow() - timedelta(days=3))
+            )
+        batches: list[int] = []
+        real = queue.prune_events
+
+        def counted(session: Any, **options: Any) -> int:
+            removed = real(session, **options)
+            batches.append(removed)
+            return removed
+
+        monkeypatch.setattr(worker, "PRUNE_BATCH", 3)
+        monkeypatch.setattr(worker, "PRUNE_PAUSE_SECONDS", 0.0)
+        monkeypatch.setattr(queue, "prune_events", counted)
+        worker.prune(database, settings.model_copy(update={"job_events_retention_days": 2}))
+        assert len(batches) > 2 and max(batches) <= 3 and batches[-1] < 3
+        assert self._types(database, old) == {EventType.STATUS}
+
+    def test_finished_jobs_past_their_retention_go_with_their_events(
+        self, client: TestClient, database: Database, settings: Settings
+    ) -> None:
+        old = self._finished_job(client, database)
+        recent = self._finished_job(client, database)
+        source = builtin(client, "iris", start=0, stop=100)
+        queued = client.post(
+            "/v1/jobs/source-training",
+            json={"dataset_id": source["id"], "target_column": "target", "model_name": "later"},
+        ).json()["id"]
+        with database.session_scope() as session:
+            session.execute(
+                update(Job).where(Job.id == old).values(finished_at=utcnow() - timedelta(days=9))
+            )
+        keep_all = settings.model_copy(update={"job_retention_days": 0})
+        worker.prune(database, keep_all)
+        assert client.get(f"/v1/jobs/{old}").status_code == 200
+        worker.prune(database, settings.model_copy(update={"job_retention_days": 7}))
+        assert client.get(f"/v1/jobs/{old}").status_code == 404
+        assert self._types(database, old) == set()
+        assert client.get(f"/v1/jobs/{recent}").status_code == 200
+        assert client.get(f"/v1/jobs/{queued}").json()["status"] == "queued"
+        # The version the pruned job made keeps its job id and lineage.
+        version = client.get("/v1/models/src/versions/1").json()
+        assert version["job_id"] == old and version["lineage"][0]["job_id"] == old

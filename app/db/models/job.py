@@ -19,6 +19,8 @@ class Job(Base):
         Index("ix_jobs_status_kind_created_at_id", "status", "kind", "created_at", "id"),
         # A key's active jobs (its quota), counted without reading its finished ones.
         Index("ix_jobs_created_by_status", "created_by", "status"),
+        # Retention finds jobs that ended before a cutoff without reading the others.
+        Index("ix_jobs_finished_at", "finished_at"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
