@@ -250,34 +250,48 @@ def _insert(
             return replayed, False
     _check_quotas(session, caller)
     epochs = body["hyperparameters"]["epochs"]
+    now = utcnow()
     job = Job(
         id=new_id("job"),
         kind=kind,
         status=JobStatus.QUEUED,
-        created_at=utcnow(),
+        created_at=now,
         request=body,
         progress={"epoch": 0, "epochs": epochs},
         idempotency_key=idempotency_key,
         request_hash=digest,
         cancel_requested=False,
         attempts=0,
-        next_event_seq=1,
+        # Its first event is written here, with the job: the sequence starts after it.
+        next_event_seq=2,
         created_by=caller.key_id,
         **columns,
     )
+    queued = JobEvent(
+        job_id=job.id,
+        seq=1,
+        created_at=now,
+        type=EventType.STATUS,
+        message="job queued",
+        data={"status": JobStatus.QUEUED},
+    )
+    if idempotency_key is None:
+        # One flush for both rows: submissions hold SQLite's write lock while they run.
+        session.add_all([job, queued])
+        session.flush()
+        return job, True
     try:
         with session.begin_nested():
             session.add(job)
             session.flush()
     except IntegrityError:
         # Another request with the same key won the race; hand back its job.
-        if idempotency_key is None:
-            raise
         replayed = _replay(session, idempotency_key, digest, caller)
         if replayed is None:
             raise
         return replayed, False
-    add_event(session, job.id, EventType.STATUS, "job queued", {"status": JobStatus.QUEUED})
+    session.add(queued)
+    session.flush()
     return job, True
 
 

@@ -40,6 +40,7 @@ EXPECTED_FILES = {
     "admin-key",
     "graft.db.keys-changed",  # change counters (app/db/changes.py)
     "graft.db.registry-changed",
+    "graft.db.writer",  # where SQLite writers take turns (app/db/session.py)
 }
 
 

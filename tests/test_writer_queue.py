@@ -1,0 +1,75 @@
+"""SQLite writers take turns in the WriterQueue (app/db/session.py), not in SQLite's busy
+handler: concurrent writers from threads and processes all commit, and a turn ends however
+its transaction ends."""
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from app.db import session as db_session
+from app.db.session import Database
+
+
+@pytest.fixture
+def database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Database:
+    # A turn that was never given back would fail the next writer within a second.
+    monkeypatch.setattr(db_session, "WRITER_TIMEOUT_SECONDS", 1.0)
+    db = Database(f"sqlite:///{tmp_path / 'graft.db'}")
+    with db.session_scope() as session:
+        session.execute(text("CREATE TABLE counted (source TEXT, n INTEGER)"))
+    return db
+
+
+OTHER_PROCESS = """
+import sys
+from sqlalchemy import text
+from app.db.session import Database
+db = Database(sys.argv[1])
+for n in range(100):
+    with db.session_scope() as session:
+        session.execute(text("INSERT INTO counted VALUES ('process', :n)"), {"n": n})
+"""
+
+
+def test_threads_and_another_process_all_commit(database: Database) -> None:
+    def writes(name: str) -> None:
+        for n in range(50):
+            with database.session_scope() as session:
+                session.execute(text("INSERT INTO counted VALUES (:s, :n)"), {"s": name, "n": n})
+
+    other = subprocess.Popen([sys.executable, "-c", OTHER_PROCESS, database.url])
+    threads = [threading.Thread(target=writes, args=(f"t{i}",)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert other.wait(timeout=120) == 0
+    with database.read_scope() as session:
+        assert session.scalar(text("SELECT count(*) FROM counted")) == 8 * 50 + 100
+
+
+def test_a_turn_ends_with_a_rollback_an_error_or_a_closed_session(database: Database) -> None:
+    with pytest.raises(RuntimeError), database.session_scope() as session:
+        session.execute(text("INSERT INTO counted VALUES ('x', 1)"))
+        raise RuntimeError("the route failed")
+    with database.sessions() as session:
+        session.execute(text("INSERT INTO counted VALUES ('y', 1)"))
+        session.rollback()
+    with database.sessions() as session:
+        session.execute(text("INSERT INTO counted VALUES ('z', 1)"))
+        # closed without commit or rollback
+    with database.session_scope() as session:
+        session.execute(text("INSERT INTO counted VALUES ('w', 1)"))
+    with database.read_scope() as session:
+        assert session.scalar(text("SELECT group_concat(source) FROM counted")) == "w"
+
+
+def test_readers_do_not_wait_for_a_writer(database: Database) -> None:
+    with database.session_scope() as writer:
+        writer.execute(text("INSERT INTO counted VALUES ('open', 1)"))
+        with database.read_scope() as reader:
+            assert reader.scalar(text("SELECT count(*) FROM counted")) == 0
