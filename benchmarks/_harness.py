@@ -29,13 +29,14 @@ BENCH_ADMIN_KEY = "graft-benchmark-admin-key-not-a-secret"
 class Api:
     """A keep-alive HTTP/1.1 client for one server (stdlib only)."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, key: str | None = None) -> None:
         self.port = port
+        self.key = key or BENCH_ADMIN_KEY
         self._conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
 
     def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         payload = None if body is None else json.dumps(body).encode()
-        headers = {"Authorization": f"Bearer {BENCH_ADMIN_KEY}"}
+        headers = {"Authorization": f"Bearer {self.key}"}
         if payload is not None:
             headers["Content-Type"] = "application/json"
         try:

@@ -4,9 +4,11 @@ A real `graft serve` (as shipped: API processes by the cores available, log leve
 access log on, auth on with the admin key on every request; no job workers, so the jobs
 stay queued and only submission is measured; the queue and per-key bounds raised so that
 none refuses), on SQLite in a temporary folder or on a fresh PostgreSQL database
-(--postgres). Each client is a thread with its own keep-alive connection that submits one
-job after another for --seconds; every 2xx is a job committed before its answer (the
-service's promise), so jobs/s counts durable jobs.
+(--postgres). Each client is a thread with its own keep-alive connection and its own API key
+with the `train` scope (16 applications; `--one-key` makes them share the admin key, whose
+quota check then serialises them), and submits one job after another for --seconds; every
+2xx is a job committed before its answer (the service's promise), so jobs/s counts durable
+jobs.
 
     .venv/bin/python benchmarks/submit.py
     .venv/bin/python benchmarks/submit.py --clients 16 --seconds 10 \\
@@ -33,6 +35,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--processes", default=None, help="GRAFT_API_PROCESSES (default: shipped)")
     parser.add_argument("--postgres", default=None, help="a PostgreSQL server URL (else SQLite)")
+    parser.add_argument("--one-key", action="store_true", help="every client uses the admin key")
     args = parser.parse_args()
     extra = {
         "GRAFT_MAX_QUEUED_JOBS": str(10**9),
@@ -52,13 +55,21 @@ def main() -> None:
             "model_name": "submitted",
             "hyperparameters": {"epochs": 1},
         }
+        keys = [
+            None
+            if args.one_key
+            else api.ok("POST", "/v1/keys", {"name": f"client {i}", "scopes": ["train", "read"]})[
+                "secret"
+            ]
+            for i in range(args.clients)
+        ]
         latencies: list[list[float]] = [[] for _ in range(args.clients)]
         errors: list[str] = []
         start = threading.Barrier(args.clients + 1)
         deadline = [0.0]
 
         def client(index: int) -> None:
-            own = Api(api.port)
+            own = Api(api.port, key=keys[index])
             own.ok("GET", "/healthz")
             start.wait()
             while time.perf_counter() < deadline[0]:
@@ -81,7 +92,8 @@ def main() -> None:
         queued = api.ok("GET", "/v1/jobs?status=queued&limit=1")
         print(
             f"{'PostgreSQL' if url else 'SQLite'}, {args.clients} clients, "
-            f"{args.seconds:g} s, API processes: {args.processes or 'shipped default'}, "
+            f"{'one key' if args.one_key else 'a key each'}, {args.seconds:g} s, "
+            f"API processes: {args.processes or 'shipped default'}, "
             f"{os.cpu_count()} cores: {len(done) / elapsed:.0f} jobs/s "
             f"({len(done)} submitted, {len(errors)} errors), latency p50 "
             f"{percentile(done, 50):.1f} ms, p99 {percentile(done, 99):.1f} ms"
