@@ -34,18 +34,22 @@ def get_read_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-def get_key_id(request: Request) -> str | None:
+# The lookups below read request state and do no I/O: `async def` keeps them on the event
+# loop, where FastAPI would run a plain `def` dependency on a worker thread (a hand-off each).
+
+
+async def get_key_id(request: Request) -> str | None:
     """The id of the API key the request came with (None when auth is disabled)."""
     key_id: str | None = request.scope.get("graft.key_id")
     return key_id
 
 
-def get_settings_dep(request: Request) -> Settings:
+async def get_settings_dep(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_model_cache(request: Request) -> ModelCache:
+async def get_model_cache(request: Request) -> ModelCache:
     cache: ModelCache = request.app.state.model_cache
     return cache
 
