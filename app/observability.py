@@ -43,6 +43,7 @@ from app.access_log import AccessLog, request_id
 from app.api.auth import KEY_ID, scope_header
 from app.db.models import Job
 from app.enums import JobKind, JobStatus
+from app.processes import is_running
 
 log = logging.getLogger(__name__)
 
@@ -397,18 +398,8 @@ def forget_dead_processes(folder: Path) -> None:
     """Drop the live gauges of processes that are gone (a restarted API process)."""
     for path in folder.glob("gauge_live*_*.db"):
         pid = path.stem.rsplit("_", 1)[-1]
-        if pid.isdigit() and not _running(int(pid)):
+        if pid.isdigit() and not is_running(int(pid)):
             mark_process_dead(int(pid), str(folder))
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, someone else's
-        return True
-    return True
 
 
 class ModelCacheCollector(Collector):

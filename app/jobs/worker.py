@@ -18,6 +18,7 @@ from app.db.session import Database
 from app.enums import JobStatus
 from app.jobs import queue
 from app.jobs.runner import WorkerContext, run_job
+from app.processes import is_running
 
 log = logging.getLogger(__name__)
 
@@ -315,17 +316,7 @@ class SupervisedWorkers:
             pids = json.loads(self._status.read_text())["pids"]
         except (OSError, ValueError, KeyError):
             return 0
-        return sum(_running(pid) for pid in pids)
+        return sum(is_running(pid) for pid in pids)
 
     def stop(self) -> None:
         """The parent stops the workers."""
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process took the pid
-        return False
-    return True

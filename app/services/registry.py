@@ -196,20 +196,7 @@ def register_version(session: Session, *, name: str, weights: bytes, **fields: A
     exactly when its job succeeded. Its lineage (this version, then its ancestors, with the
     sha256 of every dataset each was trained on) is fixed now, from the parent's.
     """
-    # Two jobs may register the first versions of a new name at the same moment: the
-    # database keeps one row and the other insert does nothing.
-    session.execute(
-        insert_for(session, RegisteredModel)
-        .values(name=name, created_at=utcnow(), last_version=0)
-        .on_conflict_do_nothing(index_elements=["name"])
-    )
-    # Incrementing in SQL keeps the numbering right when two jobs finish at once.
-    number = session.execute(
-        update(RegisteredModel)
-        .where(RegisteredModel.name == name)
-        .values(last_version=RegisteredModel.last_version + 1)
-        .returning(RegisteredModel.last_version)
-    ).scalar_one()
+    (number,) = _next_numbers(session, name, 1)
     fields.setdefault("memory_bytes", serialization.tensor_bytes(weights))
     version = ModelVersion(
         id=new_id("mv"),
@@ -227,6 +214,25 @@ def register_version(session: Session, *, name: str, weights: bytes, **fields: A
     return version
 
 
+def _next_numbers(session: Session, name: str, count: int) -> range:
+    """The next `count` version numbers of `name`, creating the model on first use."""
+    # Two jobs may register the first versions of a new name at the same moment: the
+    # database keeps one row and the other insert does nothing.
+    session.execute(
+        insert_for(session, RegisteredModel)
+        .values(name=name, created_at=utcnow(), last_version=0)
+        .on_conflict_do_nothing(index_elements=["name"])
+    )
+    # Incrementing in SQL keeps the numbering right when two jobs finish at once.
+    last = session.execute(
+        update(RegisteredModel)
+        .where(RegisteredModel.name == name)
+        .values(last_version=RegisteredModel.last_version + count)
+        .returning(RegisteredModel.last_version)
+    ).scalar_one()
+    return range(last - count + 1, last + 1)
+
+
 def register_versions(
     session: Session, *, name: str, weights: bytes, count: int, **fields: Any
 ) -> range:
@@ -236,18 +242,7 @@ def register_versions(
     model's counter, and each version's lineage is fixed now. Returns the numbers."""
     if count < 1:
         raise ValueError(f"count must be at least 1, got {count}")
-    session.execute(
-        insert_for(session, RegisteredModel)
-        .values(name=name, created_at=utcnow(), last_version=0)
-        .on_conflict_do_nothing(index_elements=["name"])
-    )
-    last = session.execute(
-        update(RegisteredModel)
-        .where(RegisteredModel.name == name)
-        .values(last_version=RegisteredModel.last_version + count)
-        .returning(RegisteredModel.last_version)
-    ).scalar_one()
-    numbers = range(last - count + 1, last + 1)
+    numbers = _next_numbers(session, name, count)
     fields.setdefault("memory_bytes", serialization.tensor_bytes(weights))
     now = utcnow()
     first = ModelVersion(model_name=name, version=numbers[0], created_at=now, **fields)
