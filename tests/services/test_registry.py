@@ -16,23 +16,23 @@ WEIGHTS = serialization.weights_to_bytes(nn.Linear(2, 1))
 pytestmark = pytest.mark.postgres
 
 
+FIELDS: dict[str, Any] = {
+    "job_id": None,
+    "dataset_id": "ds_x",
+    "kind": "source",
+    "task": "classification",
+    "signature": {},
+    "architecture": {},
+    "hyperparameters": {},
+    "preprocessing": {},
+    "metrics": {},
+    "size_bytes": len(WEIGHTS),
+    "sha256": "0" * 64,
+}
+
+
 def register(session: Session, name: str) -> Any:
-    return registry.register_version(
-        session,
-        name=name,
-        weights=WEIGHTS,
-        job_id=None,
-        dataset_id="ds_x",
-        kind="source",
-        task="classification",
-        signature={},
-        architecture={},
-        hyperparameters={},
-        preprocessing={},
-        metrics={},
-        size_bytes=len(WEIGHTS),
-        sha256="0" * 64,
-    )
+    return registry.register_version(session, name=name, weights=WEIGHTS, **FIELDS)
 
 
 def test_two_jobs_registering_a_new_name_at_once_get_versions_1_and_2(
@@ -71,21 +71,7 @@ def test_bulk_registration_numbers_after_the_last_and_keeps_each_lineage(
         register(session, "bulk")
     with database.session_scope() as session:
         numbers = registry.register_versions(
-            session,
-            name="bulk",
-            weights=WEIGHTS,
-            count=5,
-            job_id=None,
-            dataset_id="ds_x",
-            kind="source",
-            task="classification",
-            signature={},
-            architecture={},
-            hyperparameters={},
-            preprocessing={},
-            metrics={},
-            size_bytes=len(WEIGHTS),
-            sha256="0" * 64,
+            session, name="bulk", weights=WEIGHTS, count=5, **FIELDS
         )
     assert list(numbers) == [2, 3, 4, 5, 6]
     with database.session_scope() as session:
