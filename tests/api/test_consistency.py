@@ -246,6 +246,14 @@ class TestEventRetention:
         job_id: str = train_source(client, database, source["id"], "src")["id"]
         return job_id
 
+    def _ended_days_ago(self, database: Database, job_id: str, days: float) -> None:
+        with database.session_scope() as session:
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .values(finished_at=utcnow() - timedelta(days=days))
+            )
+
     def _types(self, database: Database, job_id: str) -> set[str]:
         with database.read_scope() as session:
             return set(session.scalars(select(JobEvent.type).where(JobEvent.job_id == job_id)))
@@ -254,10 +262,7 @@ class TestEventRetention:
         old = self._finished_job(client, database)
         recent = self._finished_job(client, database)
         assert EventType.METRICS in self._types(database, old)
-        with database.session_scope() as session:
-            session.execute(
-                update(Job).where(Job.id == old).values(finished_at=utcnow() - timedelta(days=31))
-            )
+        self._ended_days_ago(database, old, 31)
         with database.session_scope() as session:
             pruned = queue.prune_events(session, older_than_days=30)
         assert pruned > 0
@@ -273,10 +278,7 @@ class TestEventRetention:
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         old = self._finished_job(client, database)
-        with database.session_scope() as session:
-            session.execute(
-                update(Job).where(Job.id == old).values(finished_at=utcnow() - timedelta(days=3))
-            )
+        self._ended_days_ago(database, old, 3)
         monkeypatch.setattr(worker, "_last_prune", -worker.PRUNE_EVERY_SECONDS)
         worker.sweep(database, settings.model_copy(update={"job_events_retention_days": 0}))
         assert EventType.METRICS in self._types(database, old)
@@ -292,10 +294,7 @@ class TestEventRetention:
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         old = self._finished_job(client, database)
-        with database.session_scope() as session:
-            session.execute(
-                update(Job).where(Job.id == old).values(finished_at=utcnow() - timedelta(days=3))
-            )
+        self._ended_days_ago(database, old, 3)
         batches: list[int] = []
         real = queue.prune_events
 
@@ -321,10 +320,7 @@ class TestEventRetention:
             "/v1/jobs/source-training",
             json={"dataset_id": source["id"], "target_column": "target", "model_name": "later"},
         ).json()["id"]
-        with database.session_scope() as session:
-            session.execute(
-                update(Job).where(Job.id == old).values(finished_at=utcnow() - timedelta(days=9))
-            )
+        self._ended_days_ago(database, old, 9)
         keep_all = settings.model_copy(update={"job_retention_days": 0})
         worker.prune(database, keep_all)
         assert client.get(f"/v1/jobs/{old}").status_code == 200
