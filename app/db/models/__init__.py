@@ -4,8 +4,18 @@ from app.db.models.api_key import ApiKey
 from app.db.models.dataset import Dataset
 from app.db.models.job import Job
 from app.db.models.job_event import JobEvent
+from app.db.models.job_tally import JobTally
 from app.db.models.model_alias import ModelAlias
 from app.db.models.model_version import ModelVersion
 from app.db.models.registered_model import RegisteredModel
 
-__all__ = ["ApiKey", "Dataset", "Job", "JobEvent", "ModelAlias", "ModelVersion", "RegisteredModel"]
+__all__ = [
+    "ApiKey",
+    "Dataset",
+    "Job",
+    "JobEvent",
+    "JobTally",
+    "ModelAlias",
+    "ModelVersion",
+    "RegisteredModel",
+]

@@ -17,8 +17,6 @@ class Job(Base):
         Index("ix_jobs_status_created_at_id", "status", "created_at", "id"),
         Index("ix_jobs_kind_created_at_id", "kind", "created_at", "id"),
         Index("ix_jobs_status_kind_created_at_id", "status", "kind", "created_at", "id"),
-        # A key's active jobs (its quota), counted without reading its finished ones.
-        Index("ix_jobs_created_by_status", "created_by", "status"),
         # Retention finds jobs that ended before a cutoff without reading the others.
         Index("ix_jobs_finished_at", "finished_at"),
     )
