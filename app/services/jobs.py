@@ -3,6 +3,7 @@
 import hashlib
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,8 +12,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.db.models import ApiKey, Dataset, Job, JobEvent, ModelVersion
-from app.enums import ACTIVE_JOB_STATUSES, EventType, JobKind, JobStatus, Task
+from app.db.base import Base
+from app.db.models import ApiKey, Dataset, Job, JobEvent, JobTally, ModelVersion
+from app.db.session import Database
+from app.enums import EventType, JobKind, JobStatus, Task
 from app.errors import Conflict, Invalid, NotFound, TooManyRequests
 from app.ids import new_id, utcnow
 from app.jobs.events import add_event
@@ -21,7 +24,7 @@ from app.schemas.jobs import FineTuningCreate, SourceTrainingCreate
 from app.services import datasets as datasets_service
 from app.services import image_jobs, work_estimate
 from app.services import registry as registry_service
-from app.services.locking import lock_rows
+from app.services.locking import lock_rows, needs_row_locks
 from app.services.pagination import paginate
 
 _NUMERIC_DTYPES = {"int64", "float64", "bool"}
@@ -127,14 +130,9 @@ def _check_fine_tuning_request(
 
 
 def _check_joint_source(session: Session, base: ModelVersion) -> Dataset:
-    """`joint` trains on the base's own training rows: they must still be there and usable.
-
-    The row stays locked (shared) until the job is committed, so a concurrent delete of the
-    source dataset waits for the job and then refuses.
-    """
-    source = session.scalar(
-        lock_rows(select(Dataset).where(Dataset.id == base.dataset_id), "share")
-    )
+    """`joint` trains on the base's own training rows: they must still be there and usable
+    (and `queue` holds the row until the job is committed)."""
+    source = session.scalar(select(Dataset).where(Dataset.id == base.dataset_id))
     if source is None:
         raise Conflict(
             "source_dataset_unavailable",
@@ -179,26 +177,33 @@ _RETRY_AFTER_SECONDS = 30
 def _check_quotas(session: Session, caller: Caller) -> None:
     """429 when the caller's key has too many jobs waiting or running, or the queue is full.
 
-    On PostgreSQL the key's row is locked first, so two submissions of one key count one
-    after the other (SQLite writers run one at a time anyway).
+    Both counts come from the job tallies (a few rows, whatever the limits). On PostgreSQL
+    the key's row is locked first, so two submissions of one key count one after the other
+    (SQLite writers run one at a time anyway). The queue bound is not serialised: it may be
+    passed by as many submissions as are committing at the same moment.
     """
-    if caller.key_id is not None:
+    own = f"active:{caller.key_id}"
+    if caller.key_id is not None and needs_row_locks(session):
         session.execute(lock_rows(select(ApiKey.id).where(ApiKey.id == caller.key_id), "update"))
-        active = _count_up_to(
-            session,
-            caller.max_active_jobs,
-            Job.created_by == caller.key_id,
-            Job.status.in_(ACTIVE_JOB_STATUSES),
+    names = ["queued"] if caller.key_id is None else ["queued", own]
+    tallies = {
+        name: int(total or 0)
+        for name, total in session.execute(
+            select(JobTally.name, func.sum(JobTally.jobs))
+            .where(JobTally.name.in_(names))
+            .group_by(JobTally.name)
         )
-        if active >= caller.max_active_jobs:
-            raise TooManyRequests(
-                "too_many_active_jobs",
-                f"API key {caller.key_id} has {active} queued or running jobs, the most one key "
-                f"may have (GRAFT_MAX_ACTIVE_JOBS_PER_KEY={caller.max_active_jobs}); wait for "
-                "one to end or cancel one",
-                retry_after=_RETRY_AFTER_SECONDS,
-            )
-    queued = _count_up_to(session, caller.max_queued_jobs, Job.status == JobStatus.QUEUED)
+    }
+    active = tallies.get(own, 0)
+    if caller.key_id is not None and active >= caller.max_active_jobs:
+        raise TooManyRequests(
+            "too_many_active_jobs",
+            f"API key {caller.key_id} has {active} queued or running jobs, the most one key "
+            f"may have (GRAFT_MAX_ACTIVE_JOBS_PER_KEY={caller.max_active_jobs}); wait for "
+            "one to end or cancel one",
+            retry_after=_RETRY_AFTER_SECONDS,
+        )
+    queued = tallies.get("queued", 0)
     if queued >= caller.max_queued_jobs:
         raise TooManyRequests(
             "queue_full",
@@ -206,13 +211,6 @@ def _check_quotas(session: Session, caller: Caller) -> None:
             f"(GRAFT_MAX_QUEUED_JOBS={caller.max_queued_jobs}); retry later",
             retry_after=_RETRY_AFTER_SECONDS,
         )
-
-
-def _count_up_to(session: Session, limit: int, *conditions: Any) -> int:
-    """How many jobs match, counting no further than `limit`: the check reads at most
-    `limit` index entries, however many jobs the table holds."""
-    matching = select(Job.id).where(*conditions).limit(limit).subquery()
-    return int(session.scalar(select(func.count()).select_from(matching)) or 0)
 
 
 def _replay(session: Session, key: str, digest: str, caller: Caller) -> Job | None:
@@ -234,113 +232,50 @@ def _replay(session: Session, key: str, digest: str, caller: Caller) -> Job | No
     return existing
 
 
-def _insert(
-    session: Session,
-    *,
-    kind: JobKind,
-    body: dict[str, Any],
-    idempotency_key: str | None,
-    caller: Caller,
-    **columns: Any,
-) -> tuple[Job, bool]:
-    digest = _request_hash(kind, body)
-    if idempotency_key is not None:
-        replayed = _replay(session, idempotency_key, digest, caller)
-        if replayed is not None:
-            return replayed, False
-    _check_quotas(session, caller)
-    epochs = body["hyperparameters"]["epochs"]
-    now = utcnow()
-    job = Job(
-        id=new_id("job"),
-        kind=kind,
-        status=JobStatus.QUEUED,
-        created_at=now,
-        request=body,
-        progress={"epoch": 0, "epochs": epochs},
-        idempotency_key=idempotency_key,
-        request_hash=digest,
-        cancel_requested=False,
-        attempts=0,
-        # Its first event is written here, with the job: the sequence starts after it.
-        next_event_seq=2,
-        created_by=caller.key_id,
-        **columns,
-    )
-    queued = JobEvent(
-        job_id=job.id,
-        seq=1,
-        created_at=now,
-        type=EventType.STATUS,
-        message="job queued",
-        data={"status": JobStatus.QUEUED},
-    )
-    if idempotency_key is None:
-        # One flush for both rows: submissions hold SQLite's write lock while they run.
-        session.add_all([job, queued])
-        session.flush()
-        return job, True
-    try:
-        with session.begin_nested():
-            session.add(job)
-            session.flush()
-    except IntegrityError:
-        # Another request with the same key won the race; hand back its job.
-        replayed = _replay(session, idempotency_key, digest, caller)
-        if replayed is None:
-            raise
-        return replayed, False
-    session.add(queued)
-    session.flush()
-    return job, True
+@dataclass(frozen=True)
+class JobDraft:
+    """A job request checked against the rows it names, not yet written.
 
-
-def submit_source_training(
-    session: Session,
-    request: SourceTrainingCreate,
-    idempotency_key: str | None = None,
-    limits: work_estimate.Limits | None = None,
-    caller: Caller | None = None,
-) -> tuple[Job, bool]:
-    """Validate what can be checked now and queue a source-training job.
-
-    Returns the job and whether it was created (False for an idempotent replay). The
-    dataset's row is held (shared) until the caller commits, so a concurrent delete of it
-    waits and then sees this job.
+    Drafting only reads, so the API does it before its write transaction begins (on SQLite
+    the write lock is then held for the few statements of `queue` alone); `queue` checks
+    again, under share locks, that the rows it relies on are still there.
     """
-    dataset = datasets_service.get(session, request.dataset_id, lock="share")
+
+    kind: JobKind
+    body: dict[str, Any]
+    dataset_id: str
+    model_name: str
+    base_model_name: str | None = None
+    base_model_version: int | None = None
+    # The base's training dataset, which a `joint` fine-tune reads too.
+    source_dataset_id: str | None = None
+
+
+def draft_source_training(
+    session: Session, request: SourceTrainingCreate, limits: work_estimate.Limits | None = None
+) -> JobDraft:
+    """Validate what can be checked now: columns, dtypes, architecture, the work limits."""
+    dataset = datasets_service.get(session, request.dataset_id)
     request = image_jobs.check_source_request(dataset, request)
     if image_jobs.dataset_image_shape(dataset) is None:
         _check_source_request(dataset, request)
     estimate = work_estimate.source_training(request, dataset.columns, dataset.rows)
     work_estimate.check(estimate, limits or work_estimate.Limits())
-    return _insert(
-        session,
+    return JobDraft(
         kind=JobKind.SOURCE_TRAINING,
         body=request.model_dump(mode="json"),
-        idempotency_key=idempotency_key,
-        caller=caller or Caller(),
         dataset_id=dataset.id,
         model_name=request.model_name,
     )
 
 
-def submit_fine_tuning(
-    session: Session,
-    request: FineTuningCreate,
-    idempotency_key: str | None = None,
-    limits: work_estimate.Limits | None = None,
-    caller: Caller | None = None,
-) -> tuple[Job, bool]:
-    """Resolve and pin the base version, validate the target data, queue the job.
-
-    The base version's and the datasets' rows are held (shared) until the caller commits,
-    so deleting any of them at the same moment waits for this job and then refuses.
-    """
+def draft_fine_tuning(
+    session: Session, request: FineTuningCreate, limits: work_estimate.Limits | None = None
+) -> JobDraft:
+    """Resolve and pin the base version (an alias is read now), validate the target data."""
     ref = request.base_model
     base = registry_service.resolve(session, ref.name, version=ref.version, alias=ref.alias)
-    base = registry_service.get_version(session, base.model_name, base.version, lock="share")
-    dataset = datasets_service.get(session, request.dataset_id, lock="share")
+    dataset = datasets_service.get(session, request.dataset_id)
     if image_jobs.dataset_image_shape(dataset) or image_jobs.model_image_shape(base):
         image_jobs.check_fine_tuning_request(dataset, request, base)
     else:
@@ -362,18 +297,155 @@ def submit_fine_tuning(
         request, base.architecture, base.task, dataset.rows, source_rows
     )
     work_estimate.check(estimate, limits or work_estimate.Limits())
-    return _insert(
-        session,
+    return JobDraft(
         kind=JobKind.FINE_TUNING,
         body=request.model_dump(mode="json"),
-        idempotency_key=idempotency_key,
-        caller=caller or Caller(),
         dataset_id=dataset.id,
         model_name=request.model_name,
         base_model_name=base.model_name,
         base_model_version=base.version,
         source_dataset_id=base.dataset_id if needs_source else None,
     )
+
+
+def _hold(session: Session, draft: JobDraft) -> None:
+    """The rows the draft was checked against, still there and held (shared) until commit,
+    so a concurrent delete of any of them waits for this job and then refuses."""
+    shared = needs_row_locks(session)
+
+    def exists(query: Any) -> bool:
+        return session.scalar(lock_rows(query, "share") if shared else query) is not None
+
+    if not exists(select(Dataset.id).where(Dataset.id == draft.dataset_id)):
+        raise NotFound("dataset_not_found", f"no dataset with id {draft.dataset_id!r}")
+    if draft.base_model_name is not None and draft.base_model_version is not None:
+        name, number = draft.base_model_name, draft.base_model_version
+        version = select(ModelVersion.id).where(
+            ModelVersion.model_name == name, ModelVersion.version == number
+        )
+        if not exists(version):
+            raise NotFound("version_not_found", f"model {name!r} has no version {number}")
+    if draft.source_dataset_id is not None and not exists(
+        select(Dataset.id).where(Dataset.id == draft.source_dataset_id)
+    ):
+        raise Conflict(
+            "source_dataset_unavailable",
+            f"strategy joint trains on the rows {draft.base_model_name} version "
+            f"{draft.base_model_version} was trained on, dataset {draft.source_dataset_id}, "
+            "which no longer exists; choose another strategy",
+        )
+
+
+_JOBS = Base.metadata.tables["jobs"]
+_EVENTS = Base.metadata.tables["job_events"]
+
+
+def queue(
+    session: Session, draft: JobDraft, idempotency_key: str | None, caller: Caller
+) -> tuple[Job, bool]:
+    """Write a drafted job (or find the one its Idempotency-Key made) in the caller's
+    transaction. Returns the job and whether it was created (False for a replay)."""
+    _hold(session, draft)
+    digest = _request_hash(draft.kind, draft.body)
+    if idempotency_key is not None:
+        replayed = _replay(session, idempotency_key, digest, caller)
+        if replayed is not None:
+            return replayed, False
+    _check_quotas(session, caller)
+    now = utcnow()
+    job = Job(
+        id=new_id("job"),
+        kind=draft.kind,
+        status=JobStatus.QUEUED,
+        created_at=now,
+        started_at=None,
+        finished_at=None,
+        request=draft.body,
+        dataset_id=draft.dataset_id,
+        source_dataset_id=draft.source_dataset_id,
+        model_name=draft.model_name,
+        base_model_name=draft.base_model_name,
+        base_model_version=draft.base_model_version,
+        progress={"epoch": 0, "epochs": draft.body["hyperparameters"]["epochs"]},
+        metrics=None,
+        result_model_name=None,
+        result_version=None,
+        error_code=None,
+        error_message=None,
+        cancel_requested=False,
+        attempts=0,
+        worker_id=None,
+        heartbeat_at=None,
+        idempotency_key=idempotency_key,
+        request_hash=digest,
+        # Its first event is written with it: the sequence starts after it.
+        next_event_seq=2,
+        created_by=caller.key_id,
+    )
+    # Core inserts, not the unit of work: on SQLite they run under the write lock, and the
+    # job handed back is only read (for the response).
+    values = {column.key: getattr(job, column.key) for column in _JOBS.columns}
+    queued = {
+        "job_id": job.id,
+        "seq": 1,
+        "created_at": now,
+        "type": EventType.STATUS,
+        "message": "job queued",
+        "data": {"status": JobStatus.QUEUED},
+    }
+    if idempotency_key is None:
+        session.execute(_JOBS.insert(), values)
+        session.execute(_EVENTS.insert(), queued)
+        return job, True
+    try:
+        with session.begin_nested():
+            session.execute(_JOBS.insert(), values)
+    except IntegrityError:
+        # Another request with the same key won the race; hand back its job.
+        replayed = _replay(session, idempotency_key, digest, caller)
+        if replayed is None:
+            raise
+        return replayed, False
+    session.execute(_EVENTS.insert(), queued)
+    return job, True
+
+
+def submit(
+    database: Database,
+    draft: Callable[[Session], JobDraft],
+    idempotency_key: str | None = None,
+    caller: Caller | None = None,
+) -> tuple[Job, bool]:
+    """Draft a job in a read-only session, then queue it in a short write transaction,
+    committed before this returns."""
+    with database.read_scope() as session:
+        drafted = draft(session)
+    with database.session_scope() as session:
+        return queue(session, drafted, idempotency_key, caller or Caller())
+
+
+def submit_source_training(
+    session: Session,
+    request: SourceTrainingCreate,
+    idempotency_key: str | None = None,
+    limits: work_estimate.Limits | None = None,
+    caller: Caller | None = None,
+) -> tuple[Job, bool]:
+    """Draft and queue a source-training job in the caller's one transaction."""
+    draft = draft_source_training(session, request, limits)
+    return queue(session, draft, idempotency_key, caller or Caller())
+
+
+def submit_fine_tuning(
+    session: Session,
+    request: FineTuningCreate,
+    idempotency_key: str | None = None,
+    limits: work_estimate.Limits | None = None,
+    caller: Caller | None = None,
+) -> tuple[Job, bool]:
+    """Draft and queue a fine-tuning job in the caller's one transaction."""
+    draft = draft_fine_tuning(session, request, limits)
+    return queue(session, draft, idempotency_key, caller or Caller())
 
 
 def get(session: Session, job_id: str) -> Job:

@@ -22,6 +22,11 @@ def lock_rows(query: SelectT, mode: Literal["share", "update"] | str) -> SelectT
     return query.with_for_update(read=mode == "share")
 
 
+def needs_row_locks(session: Session) -> bool:
+    """Whether locking a row does anything: not on SQLite, whose writers take turns."""
+    return session.get_bind().dialect.name != "sqlite"
+
+
 def insert_for(session: Session, model: type[Any]) -> Any:
     """An INSERT that can say ON CONFLICT, in the dialect of the session's database."""
     dialect = session.get_bind().dialect.name

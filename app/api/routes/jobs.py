@@ -1,10 +1,13 @@
 import logging
+from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import (
     AfterQuery,
@@ -14,6 +17,7 @@ from app.api.deps import (
     SessionDep,
     SettingsDep,
 )
+from app.config import Settings
 from app.db.models import Job
 from app.enums import JobKind, JobStatus
 from app.ids import utcnow
@@ -86,13 +90,26 @@ def to_read(job: Job) -> JobRead:
 log = logging.getLogger(__name__)
 
 
-def _accepted(
-    request: Request, session: Session, response: Response, job: Job, created: bool
-) -> JobRead:
+async def _submit(
+    request: Request,
+    draft: Callable[[Session], jobs_service.JobDraft],
+    idempotency_key: str | None,
+    key_id: str | None,
+) -> Response:
+    """Draft, queue and commit in one hop to a worker thread, then answer 202 with the job
+    (an idempotent replay says so in a header). The response is the model's JSON, written once:
+    FastAPI would validate the returned model a second time."""
+    settings: Settings = request.app.state.settings
+    job, created = await run_in_threadpool(
+        jobs_service.submit,
+        request.app.state.database,
+        draft,
+        idempotency_key,
+        jobs_service.Caller.from_settings(key_id, settings),
+    )
+    headers = {"Location": f"/v1/jobs/{job.id}"}
     if created:
-        # The executor may start the job the moment it hears of it, so the row must be
-        # committed first.
-        session.commit()
+        # Committed above: the executor may start the job the moment it hears of it.
         dispatcher = request.app.state.dispatcher
         if dispatcher is not None:
             try:
@@ -100,10 +117,14 @@ def _accepted(
             except Exception:
                 # The job is safely queued; pollers and the Celery workers' sweep find it.
                 log.exception("could not hand job %s to the executor", job.id)
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
-    if not created:
-        response.headers["Idempotent-Replayed"] = "true"
-    return to_read(job)
+    else:
+        headers["Idempotent-Replayed"] = "true"
+    return Response(
+        to_read(job).model_dump_json(),
+        status_code=status.HTTP_202_ACCEPTED,
+        headers=headers,
+        media_type="application/json",
+    )
 
 
 @router.post(
@@ -113,24 +134,21 @@ def _accepted(
     summary="Train a model on a source dataset",
     responses=problem_responses(404, 422),
 )
-def create_source_training_job(
-    session: SessionDep,
+async def create_source_training_job(
     settings: SettingsDep,
     key_id: KeyIdDep,
     request: Request,
-    response: Response,
     body: SourceTrainingCreate,
     idempotency_key: IdempotencyKey = None,
-) -> JobRead:
+) -> Response:
     """Queue a source-training job; a worker trains it and registers a new version."""
-    job, created = jobs_service.submit_source_training(
-        session,
-        body,
+    limits = Limits.from_settings(settings)
+    return await _submit(
+        request,
+        partial(jobs_service.draft_source_training, request=body, limits=limits),
         idempotency_key,
-        Limits.from_settings(settings),
-        jobs_service.Caller.from_settings(key_id, settings),
+        key_id,
     )
-    return _accepted(request, session, response, job, created)
 
 
 @router.post(
@@ -140,24 +158,21 @@ def create_source_training_job(
     summary="Fine-tune a model version on a target dataset",
     responses=problem_responses(404, 422),
 )
-def create_fine_tuning_job(
-    session: SessionDep,
+async def create_fine_tuning_job(
     settings: SettingsDep,
     key_id: KeyIdDep,
     request: Request,
-    response: Response,
     body: FineTuningCreate,
     idempotency_key: IdempotencyKey = None,
-) -> JobRead:
+) -> Response:
     """Queue a fine-tuning job: a base version, a target dataset, a strategy (or auto)."""
-    job, created = jobs_service.submit_fine_tuning(
-        session,
-        body,
+    limits = Limits.from_settings(settings)
+    return await _submit(
+        request,
+        partial(jobs_service.draft_fine_tuning, request=body, limits=limits),
         idempotency_key,
-        Limits.from_settings(settings),
-        jobs_service.Caller.from_settings(key_id, settings),
+        key_id,
     )
-    return _accepted(request, session, response, job, created)
 
 
 @router.get("", response_model=Page[JobRead], summary="List jobs")
