@@ -2,6 +2,7 @@
 handler: concurrent writers from threads and processes all commit, and a turn ends however
 its transaction ends."""
 
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -73,3 +74,50 @@ def test_readers_do_not_wait_for_a_writer(database: Database) -> None:
         writer.execute(text("INSERT INTO counted VALUES ('open', 1)"))
         with database.read_scope() as reader:
             assert reader.scalar(text("SELECT count(*) FROM counted")) == 0
+
+
+HOLD_FILE_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def hold_writer_lock(database: Database, seconds: float) -> subprocess.Popen[str]:
+    """Another process taking its writer's turn (the file lock) for `seconds`."""
+    path = db_session._sqlite_path(database.url)
+    assert path is not None
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_FILE_LOCK, f"{path}.writer", str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    return holder
+
+
+def test_a_writer_goes_as_soon_as_another_process_ends_its_turn(database: Database) -> None:
+    holder = hold_writer_lock(database, 0.3)
+    with database.session_scope() as session:
+        session.execute(text("INSERT INTO counted VALUES ('after', 1)"))
+    assert holder.wait(timeout=10) == 0
+
+
+def test_a_writer_that_gave_up_leaves_the_turn_to_the_next(database: Database) -> None:
+    """Timed out while another process held its turn: the next writer still gets one, and
+    the turn the helper thread took late is not kept from other processes."""
+    holder = hold_writer_lock(database, 1.5)
+    with (
+        pytest.raises(sqlite3.OperationalError, match="another process"),
+        database.session_scope() as session,
+    ):
+        session.execute(text("INSERT INTO counted VALUES ('late', 1)"))
+    assert holder.wait(timeout=10) == 0
+    with database.session_scope() as session:
+        session.execute(text("INSERT INTO counted VALUES ('next', 1)"))
+    # And the lock file is free again for another process (nothing held it on).
+    hold_writer_lock(database, 0).wait(timeout=10)
+    with database.read_scope() as session:
+        assert session.scalar(text("SELECT group_concat(source) FROM counted")) == "next"

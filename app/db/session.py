@@ -81,9 +81,16 @@ class WriterQueue:
     A writer that finds SQLite's write lock taken sleeps in the busy handler in steps of up
     to 100 ms and retries, so under concurrent writes the lock sits idle between turns and
     the last writer in waits longest (1.5 s p99 for 16 clients submitting jobs). Here a
-    writer waits on a thread lock (the threads of this process) and then on an exclusive
+    writer waits on a thread lock (the threads of this process), then for an exclusive
     `flock` of `<database>.writer` (the other processes: API processes, workers, the CLI),
     and goes the moment the previous writer commits or rolls back.
+
+    The kernel hands a released `flock` to a blocked waiter at once, but a blocking call
+    cannot time out. So when the file lock is taken, one helper thread per process blocks
+    on it and passes it to the writer waiting (with a timeout) on a condition; a writer that
+    gave up leaves the helper to release what it gets. Polling instead (sleep, retry) left
+    the lock idle between turns for the length of a sleep: 40 % of the CPU idle at 16
+    clients across two API processes.
     """
 
     def __init__(self, database: Path | None) -> None:
@@ -96,36 +103,72 @@ class WriterQueue:
                 )
             except OSError:  # a read-only folder: SQLite's own locking still holds
                 self._fd = None
+        self._turn = threading.Condition()
+        self._wanted = False  # a writer of this process waits for the file lock
+        self._held = False  # this process holds the file lock for a writer
+        self._helper_blocked = False  # the helper is inside a blocking flock
+        self._helper: threading.Thread | None = None
 
     def acquire(self) -> None:
+        deadline = time.monotonic() + WRITER_TIMEOUT_SECONDS
         if not self._threads.acquire(timeout=WRITER_TIMEOUT_SECONDS):
             raise sqlite3.OperationalError("database is locked (waited for this process's writer)")
         if self._fd is None:
             return
         import fcntl
 
-        deadline = time.monotonic() + WRITER_TIMEOUT_SECONDS
-        pause = 0.0002
-        while True:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    self._threads.release()
-                    raise sqlite3.OperationalError(
-                        "database is locked (waited for another process's writer)"
-                    ) from None
-                # Short, growing pauses: a turn is a few milliseconds.
-                time.sleep(pause)
-                pause = min(pause * 2, 0.002)
+        with self._turn:
+            if not self._helper_blocked:
+                try:
+                    fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    self._held = True
+                    return
+                except BlockingIOError:
+                    pass
+            self._wanted = True
+            self._start_helper()
+            self._turn.notify_all()
+            got = self._turn.wait_for(lambda: self._held, timeout=deadline - time.monotonic())
+            self._wanted = False
+        if got:
+            return
+        self._threads.release()
+        raise sqlite3.OperationalError("database is locked (waited for another process's writer)")
 
     def release(self) -> None:
         if self._fd is not None:
             import fcntl
 
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            with self._turn:
+                self._held = False
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
         self._threads.release()
+
+    def _start_helper(self) -> None:
+        if self._helper is None or not self._helper.is_alive():
+            self._helper = threading.Thread(
+                target=self._wait_for_file_lock, name="graft-sqlite-writer", daemon=True
+            )
+            self._helper.start()
+
+    def _wait_for_file_lock(self) -> None:
+        import fcntl
+
+        assert self._fd is not None
+        while True:
+            with self._turn:
+                self._turn.wait_for(lambda: self._wanted and not self._held)
+                self._helper_blocked = True
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+            finally:
+                with self._turn:
+                    self._helper_blocked = False
+                    if self._wanted and not self._held:
+                        self._held = True
+                        self._turn.notify_all()
+                    else:  # the writer gave up meanwhile
+                        fcntl.flock(self._fd, fcntl.LOCK_UN)
 
 
 def _sqlite_path(url: str) -> Path | None:
