@@ -1,4 +1,6 @@
-"""`graft serve | worker | migrate | backup | restore | keys`."""
+"""`graft serve | worker | migrate | backup | restore | keys` (run beside the service, on its
+database), and the client commands `graft datasets | train | fine-tune | jobs | predict |
+models` (anywhere, over HTTP: app/client)."""
 
 import argparse
 import logging
@@ -139,8 +141,58 @@ def _keys(args: argparse.Namespace) -> None:
         database.dispose()
 
 
+# Handed to the HTTP client (app/client/commands.py, Typer): they need no database.
+CLIENT_COMMANDS = ("datasets", "train", "fine-tune", "jobs", "predict", "models")
+_CLIENT_OPTIONS = ("--url", "--key", "--json")
+
+
+def _is_client_command(arguments: list[str]) -> bool:
+    """`graft jobs list`, or the client's own options first: `graft --json jobs list`."""
+    if not arguments:
+        return False
+    first = arguments[0].split("=", 1)[0]
+    return first in CLIENT_COMMANDS or first in _CLIENT_OPTIONS
+
+
+def _global_options_first(arguments: list[str]) -> list[str]:
+    """`graft jobs list --json` as well as `graft --json jobs list`: the client's own
+    options are moved in front of the command, where Typer reads them."""
+    front: list[str] = []
+    rest: list[str] = []
+    index = 0
+    while index < len(arguments):
+        argument = arguments[index]
+        if argument == "--":
+            rest.extend(arguments[index:])
+            break
+        name = argument.split("=", 1)[0]
+        if name == "--json":
+            front.append(argument)
+        elif name in _CLIENT_OPTIONS:
+            front.append(argument)
+            if "=" not in argument and index + 1 < len(arguments):
+                index += 1
+                front.append(arguments[index])
+        else:
+            rest.append(argument)
+        index += 1
+    return front + rest
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="graft", description="Graft transfer-learning service")
+    arguments = sys.argv[1:] if argv is None else argv
+    if _is_client_command(arguments):
+        from app.client.commands import app as client
+
+        client(args=_global_options_first(arguments), prog_name="graft")
+        return
+    parser = argparse.ArgumentParser(
+        prog="graft",
+        description="Graft transfer-learning service",
+        epilog="client commands (over HTTP, GRAFT_URL and GRAFT_API_KEY): "
+        + ", ".join(CLIENT_COMMANDS)
+        + "; `graft datasets --help` and so on",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="apply migrations, start the API and its workers")
     serve.add_argument("--host", default=None)
@@ -200,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     keys_commands.add_parser("list", help="every key (never their secrets)")
     revoke = keys_commands.add_parser("revoke", help="revoke a key, in every API process")
     revoke.add_argument("key_id")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     _configure_logging(get_settings().log_level)
     if args.command in ("backup", "restore"):
         from app.db.backup import BackupError
