@@ -1,5 +1,5 @@
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -92,3 +92,19 @@ class AliasRead(Schema):
     name: str
     alias: str
     version: int
+    previous_version: int | None = Field(
+        None, description="Where the alias pointed before this request (null: it was new)."
+    )
+
+
+class AliasChangeRead(Schema):
+    """One change of an alias, from its history."""
+
+    id: int = Field(description="Increases with every change; the `after` cursor of the list.")
+    name: str
+    alias: str
+    action: Literal["set", "rollback", "delete"]
+    previous_version: int | None = Field(description="null: the alias was created")
+    version: int | None = Field(description="null: the alias was deleted")
+    changed_at: datetime
+    changed_by: str | None = Field(description="The API key that made the change.")

@@ -7,7 +7,14 @@ from sqlalchemy import delete, exists, insert, or_, select, update
 from sqlalchemy.orm import Session, undefer
 
 from app.db import changes
-from app.db.models import Dataset, Job, ModelAlias, ModelVersion, RegisteredModel
+from app.db.models import (
+    AliasChange,
+    Dataset,
+    Job,
+    ModelAlias,
+    ModelVersion,
+    RegisteredModel,
+)
 from app.enums import ACTIVE_JOB_STATUSES
 from app.errors import Conflict, Invalid, NotFound
 from app.ids import new_id, utcnow
@@ -320,34 +327,140 @@ def _unknown_ancestor(name: str, version: int) -> dict[str, Any]:
     }
 
 
-def set_alias(session: Session, name: str, alias: str, version: int) -> ModelAlias:
-    """Point `alias` at `version`, creating or moving it in one statement.
+def _lock_model(session: Session, name: str) -> None:
+    """Hold the model's row until commit: its alias changes run one after the other, so
+    each records the target it really replaced."""
+    found = session.scalar(
+        lock_rows(select(RegisteredModel.name).where(RegisteredModel.name == name), "update")
+    )
+    if found is None:
+        raise NotFound("model_not_found", f"no registered model named {name!r}")
 
-    The version's row is held (shared) until the commit, so a concurrent delete of that
-    version waits and then sees the alias; two PUTs of the same new alias both succeed and
-    the later commit wins, instead of one failing on the primary key.
-    """
-    get_version(session, name, version, lock="share")
-    now = utcnow()
-    session.execute(
-        insert_for(session, ModelAlias)
-        .values(model_name=name, alias=alias, version=version, updated_at=now)
-        .on_conflict_do_update(
-            index_elements=["model_name", "alias"], set_={"version": version, "updated_at": now}
+
+def _alias_target(session: Session, name: str, alias: str) -> int | None:
+    return session.scalar(
+        select(ModelAlias.version).where(ModelAlias.model_name == name, ModelAlias.alias == alias)
+    )
+
+
+def _record(
+    session: Session,
+    name: str,
+    alias: str,
+    action: str,
+    before: int | None,
+    after: int | None,
+    by: str | None,
+) -> None:
+    session.add(
+        AliasChange(
+            model_name=name,
+            alias=alias,
+            action=action,
+            previous_version=before,
+            version=after,
+            changed_at=utcnow(),
+            changed_by=by,
         )
     )
     changes.mark(session, changes.REGISTRY)
-    return ModelAlias(model_name=name, alias=alias, version=version, updated_at=now)
 
 
-def delete_alias(session: Session, name: str, alias: str) -> None:
-    get_model(session, name)
-    removed = session.execute(
+def set_alias(
+    session: Session,
+    name: str,
+    alias: str,
+    version: int,
+    *,
+    changed_by: str | None = None,
+    action: str = "set",
+) -> tuple[ModelAlias, int | None]:
+    """Point `alias` at `version`, creating or moving it; returns it and its previous
+    target. The change is kept in the alias's history (a PUT to where it already points
+    changes nothing and records nothing).
+
+    The version's row is held (shared) until the commit, so a concurrent delete of that
+    version waits and then sees the alias.
+    """
+    _lock_model(session, name)
+    get_version(session, name, version, lock="share")
+    before = _alias_target(session, name, alias)
+    now = utcnow()
+    if before != version:
+        session.execute(
+            insert_for(session, ModelAlias)
+            .values(model_name=name, alias=alias, version=version, updated_at=now)
+            .on_conflict_do_update(
+                index_elements=["model_name", "alias"], set_={"version": version, "updated_at": now}
+            )
+        )
+        _record(session, name, alias, action, before, version, changed_by)
+    return ModelAlias(model_name=name, alias=alias, version=version, updated_at=now), before
+
+
+def delete_alias(session: Session, name: str, alias: str, *, changed_by: str | None = None) -> None:
+    _lock_model(session, name)
+    before = _alias_target(session, name, alias)
+    if before is None:
+        raise NotFound("alias_not_found", f"model {name!r} has no alias {alias!r}")
+    session.execute(
         delete(ModelAlias).where(ModelAlias.model_name == name, ModelAlias.alias == alias)
     )
-    if removed.rowcount != 1:  # type: ignore[attr-defined]
+    _record(session, name, alias, "delete", before, None, changed_by)
+
+
+def rollback_alias(
+    session: Session, name: str, alias: str, *, changed_by: str | None = None
+) -> tuple[ModelAlias, int | None]:
+    """Move the alias back to the target its last change replaced. A rollback is itself a
+    change, so a second one goes forward again (like `cd -`)."""
+    _lock_model(session, name)
+    current = _alias_target(session, name, alias)
+    if current is None:
         raise NotFound("alias_not_found", f"model {name!r} has no alias {alias!r}")
-    changes.mark(session, changes.REGISTRY)
+    last = session.scalar(
+        select(AliasChange)
+        .where(AliasChange.model_name == name, AliasChange.alias == alias)
+        .order_by(AliasChange.id.desc())
+        .limit(1)
+    )
+    if last is None or last.previous_version is None or last.version != current:
+        raise Conflict(
+            "no_previous_version",
+            f"alias {alias!r} of model {name!r} has pointed at version {current} since it was "
+            "created: there is no earlier target to go back to",
+        )
+    previous = last.previous_version
+    exists_still = session.scalar(
+        select(ModelVersion.id).where(
+            ModelVersion.model_name == name, ModelVersion.version == previous
+        )
+    )
+    if exists_still is None:
+        raise Conflict(
+            "previous_version_deleted",
+            f"alias {alias!r} of model {name!r} pointed at version {previous} before version "
+            f"{current}, but version {previous} has been deleted; set the alias with PUT",
+        )
+    return set_alias(session, name, alias, previous, changed_by=changed_by, action="rollback")
+
+
+def alias_history(
+    session: Session, name: str, alias: str, *, limit: int, after: int | None
+) -> tuple[list[AliasChange], bool]:
+    """An alias's changes, newest first (also after the alias is deleted); `after` is the
+    id of the last change of the previous page."""
+    get_model(session, name)
+    query = (
+        select(AliasChange)
+        .where(AliasChange.model_name == name, AliasChange.alias == alias)
+        .order_by(AliasChange.id.desc())
+        .limit(limit + 1)
+    )
+    if after is not None:
+        query = query.where(AliasChange.id < after)
+    rows = list(session.scalars(query))
+    return rows[:limit], len(rows) > limit
 
 
 def delete_version(session: Session, name: str, version: int) -> None:
@@ -410,6 +523,7 @@ def delete_model(session: Session, name: str) -> None:
             "its versions or registers a version into it); cancel it or wait",
         )
     session.execute(delete(ModelAlias).where(ModelAlias.model_name == name))
+    session.execute(delete(AliasChange).where(AliasChange.model_name == name))
     session.execute(delete(ModelVersion).where(ModelVersion.model_name == name))
     session.execute(delete(RegisteredModel).where(RegisteredModel.name == name))
     changes.mark(session, changes.REGISTRY)

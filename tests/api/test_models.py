@@ -80,7 +80,12 @@ class TestAliases:
         client.post("/v1/jobs/source-training", json={})  # noise: must not matter
         response = client.put("/v1/models/iris-source/aliases/production", json={"version": 1})
         assert response.status_code == 200
-        assert response.json() == {"name": "iris-source", "alias": "production", "version": 1}
+        assert response.json() == {
+            "name": "iris-source",
+            "alias": "production",
+            "version": 1,
+            "previous_version": None,
+        }
         assert client.get("/v1/models/iris-source").json()["aliases"] == {"production": 1}
         assert client.get("/v1/models/iris-source/versions/1").json()["aliases"] == ["production"]
         assert client.delete("/v1/models/iris-source/aliases/production").status_code == 204

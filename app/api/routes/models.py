@@ -3,11 +3,17 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response, status
 from sqlalchemy.orm import Session
 
-from app.api.deps import AfterQuery, LimitQuery, ReadSessionDep, SessionDep
+from app.api.deps import AfterQuery, KeyIdDep, LimitQuery, ReadSessionDep, SessionDep
 from app.db.models import ModelVersion, RegisteredModel
 from app.schemas.common import MAX_INT32, Page, problem_responses
 from app.schemas.jobs import ALIAS_PATTERN
-from app.schemas.models import AliasRead, AliasUpdate, ModelVersionRead, RegisteredModelRead
+from app.schemas.models import (
+    AliasChangeRead,
+    AliasRead,
+    AliasUpdate,
+    ModelVersionRead,
+    RegisteredModelRead,
+)
 from app.services import registry as registry_service
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -175,10 +181,72 @@ def download_weights(session: ReadSessionDep, name: str, version: VersionPath) -
     summary="Set or move an alias",
     responses=problem_responses(404, 422),
 )
-def set_alias(session: SessionDep, name: str, alias: AliasPath, body: AliasUpdate) -> AliasRead:
-    """Point `alias` at a version; a moved alias takes effect on the next request."""
-    row = registry_service.set_alias(session, name, alias, body.version)
-    return AliasRead(name=row.model_name, alias=row.alias, version=row.version)
+def set_alias(
+    session: SessionDep, key_id: KeyIdDep, name: str, alias: AliasPath, body: AliasUpdate
+) -> AliasRead:
+    """Point `alias` at a version; a moved alias takes effect on the next request. The
+    move is kept in the alias's history (`GET .../history`), which `rollback` reads."""
+    row, before = registry_service.set_alias(session, name, alias, body.version, changed_by=key_id)
+    return AliasRead(
+        name=row.model_name, alias=row.alias, version=row.version, previous_version=before
+    )
+
+
+@router.post(
+    "/{name}/aliases/{alias}/rollback",
+    response_model=AliasRead,
+    summary="Move an alias back to its previous target",
+    responses=problem_responses(404, 409),
+)
+def rollback_alias(session: SessionDep, key_id: KeyIdDep, name: str, alias: str) -> AliasRead:
+    """Point the alias back at the version its last change replaced (409
+    no_previous_version for an alias never moved, previous_version_deleted when that version
+    is gone). A rollback is a change too: a second one goes forward again."""
+    row, before = registry_service.rollback_alias(session, name, alias, changed_by=key_id)
+    return AliasRead(
+        name=row.model_name, alias=row.alias, version=row.version, previous_version=before
+    )
+
+
+@router.get(
+    "/{name}/aliases/{alias}/history",
+    response_model=Page[AliasChangeRead],
+    summary="An alias's history",
+    responses=problem_responses(404),
+)
+def alias_history(
+    session: ReadSessionDep,
+    name: str,
+    alias: str,
+    limit: LimitQuery = 50,
+    after: Annotated[
+        int | None,
+        Query(
+            ge=0,
+            le=MAX_INT32,
+            description="Cursor: the `id` of the last change of the previous page.",
+        ),
+    ] = None,
+) -> Page[AliasChangeRead]:
+    """Every set, rollback and delete of the alias, newest first: which version it pointed
+    at before and after, when, and which API key did it."""
+    rows, has_more = registry_service.alias_history(session, name, alias, limit=limit, after=after)
+    return Page[AliasChangeRead](
+        data=[
+            AliasChangeRead(
+                id=row.id,
+                name=row.model_name,
+                alias=row.alias,
+                action=row.action,
+                previous_version=row.previous_version,
+                version=row.version,
+                changed_at=row.changed_at,
+                changed_by=row.changed_by,
+            )
+            for row in rows
+        ],
+        has_more=has_more,
+    )
 
 
 @router.delete(
@@ -187,7 +255,7 @@ def set_alias(session: SessionDep, name: str, alias: AliasPath, body: AliasUpdat
     summary="Remove an alias",
     responses=problem_responses(404),
 )
-def delete_alias(session: SessionDep, name: str, alias: str) -> Response:
-    """Remove an alias; the version it pointed at is kept."""
-    registry_service.delete_alias(session, name, alias)
+def delete_alias(session: SessionDep, key_id: KeyIdDep, name: str, alias: str) -> Response:
+    """Remove an alias; the version it pointed at is kept, and so is the alias's history."""
+    registry_service.delete_alias(session, name, alias, changed_by=key_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

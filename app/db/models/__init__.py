@@ -1,5 +1,6 @@
 """ORM models, one module per table; importing this package registers them all."""
 
+from app.db.models.alias_change import AliasChange
 from app.db.models.api_key import ApiKey
 from app.db.models.dataset import Dataset
 from app.db.models.job import Job
@@ -10,6 +11,7 @@ from app.db.models.model_version import ModelVersion
 from app.db.models.registered_model import RegisteredModel
 
 __all__ = [
+    "AliasChange",
     "ApiKey",
     "Dataset",
     "Job",
