@@ -670,7 +670,9 @@ def models_show(
 
     def action(client: GraftClient, settings: Context) -> None:
         model = client.json("GET", f"/v1/models/{name}")
-        versions = list(client.pages(f"/v1/models/{name}/versions", {}, limit))
+        versions = list(
+            client.pages(f"/v1/models/{name}/versions", {}, limit, cursor=lambda v: v["version"])
+        )
         if settings.as_json:
             print(json.dumps({**model, "versions": versions}))
             return
@@ -711,3 +713,43 @@ def models_alias(ctx: typer.Context, name: str, alias: str, version: int) -> Non
         print(json.dumps(moved))
     else:
         out.print(f"{name}@{alias} -> version {version}", highlight=False)
+
+
+@models.command("rollback")
+def models_rollback(ctx: typer.Context, name: str, alias: str) -> None:
+    """Move ALIAS of model NAME back to the version its last change replaced."""
+    moved = _run(
+        ctx, lambda client, _: client.json("POST", f"/v1/models/{name}/aliases/{alias}/rollback")
+    )
+    if ctx.obj.as_json:
+        print(json.dumps(moved))
+    else:
+        out.print(
+            f"{name}@{alias} -> version {moved['version']} (was {moved['previous_version']})",
+            highlight=False,
+        )
+
+
+@models.command("history")
+def models_history(
+    ctx: typer.Context,
+    name: str,
+    alias: str,
+    limit: Annotated[int | None, typer.Option(help="at most this many (default: 50)")] = 50,
+) -> None:
+    """ALIAS's changes, newest first: from which version to which, when, by which key."""
+
+    def action(client: GraftClient, settings: Context) -> None:
+        _lines(
+            settings,
+            client.pages(f"/v1/models/{name}/aliases/{alias}/history", {}, limit),
+            {
+                "WHEN": lambda c: c["changed_at"][:19],
+                "ACTION": lambda c: c["action"],
+                "FROM": lambda c: c["previous_version"],
+                "TO": lambda c: c["version"],
+                "BY": lambda c: c["changed_by"],
+            },
+        )
+
+    _run(ctx, action)

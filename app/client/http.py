@@ -3,7 +3,7 @@ raised as `ApiError`, and a job's Server-Sent Events followed across dropped con
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,8 +68,15 @@ class GraftClient:
         response = self.request(method, path, **kwargs)
         return response.json() if response.content else None
 
-    def pages(self, path: str, params: dict[str, Any], limit: int | None) -> Iterator[Any]:
-        """Every item of a list, page after page (at most `limit` items when given)."""
+    def pages(
+        self,
+        path: str,
+        params: dict[str, Any],
+        limit: int | None,
+        cursor: Callable[[Any], Any] = lambda item: item["id"] if "id" in item else item["name"],
+    ) -> Iterator[Any]:
+        """Every item of a list, page after page (at most `limit` items when given);
+        `cursor` reads the `after` of the next page off the last item."""
         after = None
         seen = 0
         while True:
@@ -85,8 +92,7 @@ class GraftClient:
                     return
             if not page["has_more"] or not page["data"]:
                 return
-            last = page["data"][-1]
-            after = last.get("id") or last.get("name") or last.get("version")
+            after = cursor(page["data"][-1])
 
     def upload(self, path: Path, name: str | None) -> Any:
         media = {

@@ -90,10 +90,26 @@ def test_the_iris_flow_from_the_command_line(server_factory: ServerFactory, tmp_
 
     moved = graft(server, "models", "alias", "iris-src", "production", "1")
     assert moved.returncode == OK and "iris-src@production -> version 1" in moved.stdout
-    model = document(graft(server, "models", "show", "iris-src", "--json"))
-    assert model["aliases"] == {"production": 1} and [v["version"] for v in model["versions"]] == [
-        1
+    # A second version, the alias moved to it, and rolled back.
+    retrained = graft(
+        server, "train", "--dataset", uploaded["id"], "--target", "target",
+        "--model", "iris-src", "--epochs", "2", "--watch",
+    )  # fmt: skip
+    assert retrained.returncode == OK, retrained.stderr
+    assert graft(server, "models", "alias", "iris-src", "production", "2").returncode == OK
+    rolled = graft(server, "models", "rollback", "iris-src", "production")
+    assert rolled.returncode == OK and "-> version 1 (was 2)" in rolled.stdout
+    changes = lines(graft(server, "models", "history", "iris-src", "production", "--json"))
+    assert [(c["action"], c["previous_version"], c["version"]) for c in changes] == [
+        ("rollback", 2, 1),
+        ("set", 1, 2),
+        ("set", None, 1),
     ]
+    model = document(graft(server, "models", "show", "iris-src", "--json", "--limit", "1"))
+    assert [v["version"] for v in model["versions"]] == [2]
+    model = document(graft(server, "models", "show", "iris-src", "--json"))
+    assert model["aliases"] == {"production": 1}
+    assert [v["version"] for v in model["versions"]] == [2, 1]
     assert {m["name"] for m in lines(graft(server, "models", "list", "--json"))} == {
         "iris-src",
         "iris-ft",
