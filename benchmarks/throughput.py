@@ -26,6 +26,8 @@ def run(args: argparse.Namespace, workers: int) -> float:
             celery_workers=workers if args.executor == "celery" else 0,
             database_url=database_url,
             broker_url=args.broker_url,
+            # Every job is submitted at once with the one admin key: its quota must hold them.
+            extra_env={"GRAFT_MAX_ACTIVE_JOBS_PER_KEY": str(args.jobs + 10)},
         ) as api,
     ):
         dataset = api.dataset("iris")
