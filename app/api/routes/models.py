@@ -1,4 +1,4 @@
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Response, status
 from sqlalchemy.orm import Session
@@ -14,6 +14,7 @@ from app.schemas.models import (
     ModelVersionRead,
     RegisteredModelRead,
 )
+from app.services import exports as exports_service
 from app.services import registry as registry_service
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -171,6 +172,45 @@ def download_weights(session: ReadSessionDep, name: str, version: VersionPath) -
         headers={
             "Content-Disposition": f'attachment; filename="{name}-v{version}.safetensors"',
             "ETag": f'"{found.sha256}"',
+        },
+    )
+
+
+@router.get(
+    "/{name}/versions/{version}/export",
+    response_class=Response,
+    summary="Export a version as ONNX or TorchScript",
+    responses={
+        **problem_responses(404, 422),
+        200: {
+            "description": "One self-contained file: raw feature values in, the preprocessing "
+            "(standardisation, category encoding, image scaling) folded in, probabilities and "
+            "label (or the regression value) out. Its signature is in the file's metadata.",
+            "content": {
+                "application/onnx": {"schema": {"type": "string", "format": "binary"}},
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            },
+        },
+    },
+)
+def export_version(
+    session: ReadSessionDep,
+    name: str,
+    version: Annotated[int, Path(ge=1, le=MAX_INT32)],
+    export_format: Annotated[
+        Literal["onnx", "torchscript"],
+        Query(alias="format", description="onnx (default) or torchscript"),
+    ] = "onnx",
+) -> Response:
+    """Take a model out of Graft: ONNX for onnxruntime (and anything that reads ONNX),
+    TorchScript for `torch.jit.load`, both giving `predict`'s outputs for the same rows."""
+    exported, digest = exports_service.export_version(session, name, version, export_format)
+    return Response(
+        content=exported.content,
+        media_type=exported.media_type,
+        headers={
+            "Content-Disposition": f'attachment; filename="{exported.filename}"',
+            "ETag": f'"{digest}"',
         },
     )
 
