@@ -632,6 +632,42 @@ def predict(
         err.print(f"{count} predictions by {model} written to {output}", highlight=False)
 
 
+@app.command("export")
+def export_version(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="the registered model's name")],
+    version: Annotated[int, typer.Argument(help="the version number")],
+    export_format: Annotated[str, typer.Option("--format", help="onnx or torchscript")] = "onnx",
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="the file to write (default: NAME-vN.onnx|.pt)"),
+    ] = None,
+) -> None:
+    """Download a version as one self-contained file (preprocessing included)."""
+
+    def action(client: GraftClient, _: Context) -> tuple[Path, int]:
+        response = client.request(
+            "GET",
+            f"/v1/models/{model}/versions/{version}/export",
+            params={"format": export_format},
+        )
+        disposition = response.headers.get("content-disposition", "")
+        default = (
+            disposition.split('filename="')[-1].rstrip('"') if 'filename="' in disposition else None
+        )
+        target = output or Path(default or f"{model}-v{version}.{export_format}")
+        target.write_bytes(response.content)
+        return target, len(response.content)
+
+    target, size = _run(ctx, action)
+    if ctx.obj.as_json:
+        print(json.dumps({"path": str(target), "bytes": size}))
+    else:
+        out.print(
+            f"{model} version {version} written to {target} ({size:,} bytes)", highlight=False
+        )
+
+
 # --- models -------------------------------------------------------------------------------
 
 models = typer.Typer(help="Registered models, their versions and aliases.", no_args_is_help=True)

@@ -136,6 +136,14 @@ def test_the_iris_flow_from_the_command_line(server_factory: ServerFactory, tmp_
     assert direct["classes"] == ["setosa", "versicolor"]
     probabilities = result[[f"probability_{c}" for c in direct["classes"]]]
     assert (abs(probabilities.to_numpy() - direct["probabilities"]) < 1e-6).all()
+    # The version as a file: ONNX by default, named after it.
+    written = graft(server, "export", "iris-src", "1", cwd=tmp_path)
+    assert written.returncode == OK, written.stderr
+    assert (tmp_path / "iris-src-v1.onnx").read_bytes()[:2] != b""
+    archive = graft(server, "export", "iris-src", "1", "--format", "torchscript", "-o",
+                    str(tmp_path / "m.pt"), "--json")  # fmt: skip
+    assert document(archive)["path"] == str(tmp_path / "m.pt")
+    assert graft(server, "export", "iris-src", "9").returncode == REFUSED
     # JSON Lines in and out, to stdout.
     rows_jsonl = tmp_path / "rows.jsonl"
     rows.iloc[:4].to_json(rows_jsonl, orient="records", lines=True)
