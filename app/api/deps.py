@@ -60,6 +60,14 @@ KeyIdDep = Annotated[str | None, Depends(get_key_id)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 ModelCacheDep = Annotated[ModelCache, Depends(get_model_cache)]
 LimitQuery = Annotated[int, Query(ge=1, le=200, description="Page size.")]
+TagQuery = Annotated[
+    list[str] | None,
+    Query(
+        alias="tag",
+        max_length=20,
+        description="Only items with this tag, as key:value; repeat for several (all must hold).",
+    ),
+]
 AfterQuery = Annotated[
     str | None,
     Query(

@@ -484,6 +484,9 @@ def _record_result(
             metrics=metrics,
             size_bytes=len(weights),
             sha256=serialization.sha256_hex(weights),
+            # A version starts with the tags and description of the job that made it.
+            tags=dict(job_row.tags or {}),
+            description=job_row.description,
             **draft.version_fields,
         )
         job_row.status = JobStatus.SUCCEEDED

@@ -4,6 +4,7 @@ from typing import Literal
 from pydantic import Field, StrictBool, model_validator
 
 from app.schemas.common import MAX_INT32, RequestSchema, Schema
+from app.schemas.metadata import Description, Tags
 
 BuiltinName = Literal["iris", "wine", "breast_cancer", "digits", "diabetes"]
 IMAGE_BUILTINS = ("digits",)
@@ -32,6 +33,8 @@ class DatasetRead(Schema):
     created_by: str | None = Field(
         None, description="The API key that added it (null with auth disabled)."
     )
+    tags: dict[str, str] = Field(default_factory=dict)
+    description: str | None = None
 
 
 class BuiltinDatasetCreate(RequestSchema):
@@ -52,6 +55,8 @@ class BuiltinDatasetCreate(RequestSchema):
         False,
         description="Store an image dataset as images (digits: 1x8x8) for a CNN, not as a table.",
     )
+    tags: Tags = Field(default_factory=dict)
+    description: Description = None
 
     model_config = {"json_schema_extra": {"examples": [{"name": "iris", "start": 0, "stop": 100}]}}
 

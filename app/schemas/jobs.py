@@ -6,6 +6,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, StrictBool, model_v
 from app.enums import EventType, JobKind, JobStatus, TargetNormalization, Task
 from app.ml.transfer import registry as strategies
 from app.schemas.common import MAX_INT32, RequestSchema, Schema
+from app.schemas.metadata import Description, Tags
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 ALIAS_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
@@ -162,6 +163,11 @@ class SourceTrainingCreate(RequestSchema):
     dataset_id: str
     target_column: str
     model_name: str = Field(pattern=MODEL_NAME_PATTERN)
+    tags: Tags = Field(
+        default_factory=dict,
+        description="The job's tags; the version it registers starts with them.",
+    )
+    description: Description = None
     feature_columns: list[FeatureName] | None = Field(
         None,
         min_length=1,
@@ -222,6 +228,11 @@ class FineTuningCreate(RequestSchema):
     dataset_id: str
     target_column: str
     model_name: str = Field(pattern=MODEL_NAME_PATTERN)
+    tags: Tags = Field(
+        default_factory=dict,
+        description="The job's tags; the version it registers starts with them.",
+    )
+    description: Description = None
     strategy: StrategyName
     target_normalization: TargetNormalization | None = Field(
         None,
@@ -310,6 +321,8 @@ class JobRead(Schema):
     created_by: str | None = Field(
         None, description="The API key that submitted the job (null with auth disabled)."
     )
+    tags: dict[str, str] = Field(default_factory=dict)
+    description: str | None = None
 
 
 class EventRead(Schema):

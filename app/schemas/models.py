@@ -13,6 +13,8 @@ class RegisteredModelRead(Schema):
     created_at: datetime
     latest_version: int | None
     aliases: dict[str, int]
+    tags: dict[str, str] = Field(default_factory=dict)
+    description: str | None = None
 
 
 class ModelRef(Schema):
@@ -82,6 +84,10 @@ class ModelVersionRead(Schema):
         "datasets it was trained on and their sha256, recorded when it was registered (so it "
         "holds after those datasets or versions are deleted)."
     )
+    tags: dict[str, str] = Field(
+        default_factory=dict, description="The job's tags at registration, then PATCH."
+    )
+    description: str | None = None
 
 
 class AliasUpdate(RequestSchema):

@@ -19,6 +19,7 @@ from app.ml import frames, images
 from app.ml.errors import DataError
 from app.ml.frames import BoundExceeded, DecodeLimits
 from app.schemas.datasets import BuiltinDatasetCreate
+from app.services import metadata
 from app.services.locking import lock_rows
 from app.services.pagination import paginate
 
@@ -317,10 +318,12 @@ def get(session: Session, dataset_id: str, *, lock: str | None = None) -> Datase
     return dataset
 
 
-def list_datasets(session: Session, *, limit: int, after: str | None) -> tuple[list[Dataset], bool]:
+def list_datasets(
+    session: Session, *, limit: int, after: str | None, tags: list[str] | None = None
+) -> tuple[list[Dataset], bool]:
     return paginate(
         session,
-        select(Dataset),
+        select(Dataset).where(*metadata.filters(Dataset.tags, tags or [])),
         created_at=Dataset.created_at,
         key=Dataset.id,
         limit=limit,

@@ -4,7 +4,7 @@ import hashlib
 import json
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
@@ -22,7 +22,7 @@ from app.jobs.events import add_event
 from app.ml.transfer import registry as strategies
 from app.schemas.jobs import FineTuningCreate, SourceTrainingCreate
 from app.services import datasets as datasets_service
-from app.services import image_jobs, work_estimate
+from app.services import image_jobs, metadata, work_estimate
 from app.services import registry as registry_service
 from app.services.locking import lock_rows, needs_row_locks
 from app.services.pagination import paginate
@@ -249,6 +249,8 @@ class JobDraft:
     base_model_version: int | None = None
     # The base's training dataset, which a `joint` fine-tune reads too.
     source_dataset_id: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    description: str | None = None
 
 
 def draft_source_training(
@@ -266,6 +268,8 @@ def draft_source_training(
         body=request.model_dump(mode="json"),
         dataset_id=dataset.id,
         model_name=request.model_name,
+        tags=request.tags,
+        description=request.description,
     )
 
 
@@ -305,6 +309,8 @@ def draft_fine_tuning(
         base_model_name=base.model_name,
         base_model_version=base.version,
         source_dataset_id=base.dataset_id if needs_source else None,
+        tags=request.tags,
+        description=request.description,
     )
 
 
@@ -381,6 +387,8 @@ def queue(
         # Its first event is written with it: the sequence starts after it.
         next_event_seq=2,
         created_by=caller.key_id,
+        tags=dict(draft.tags),
+        description=draft.description,
     )
     # Core inserts, not the unit of work: on SQLite they run under the write lock, and the
     # job handed back is only read (for the response).
@@ -462,8 +470,9 @@ def list_jobs(
     kind: JobKind | None,
     limit: int,
     after: str | None,
+    tags: list[str] | None = None,
 ) -> tuple[list[Job], bool]:
-    query = select(Job)
+    query = select(Job).where(*metadata.filters(Job.tags, tags or []))
     if status is not None:
         query = query.where(Job.status == status)
     if kind is not None:

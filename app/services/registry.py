@@ -21,25 +21,29 @@ from app.ids import new_id, utcnow
 from app.ml import serialization
 from app.ml.transfer import registry as strategies
 from app.schemas.jobs import ALIAS_PATTERN
+from app.services import metadata
 from app.services.locking import insert_for, lock_rows
 from app.services.pagination import paginate
 
 DEFAULT_ALIAS = "production"
 
 
-def get_model(session: Session, name: str) -> RegisteredModel:
-    model = session.get(RegisteredModel, name)
+def get_model(session: Session, name: str, *, lock: str | None = None) -> RegisteredModel:
+    """One model; `lock` ("share" or "update") holds its row until the caller commits."""
+    model = session.get(
+        RegisteredModel, name, with_for_update=None if lock is None else {"read": lock == "share"}
+    )
     if model is None:
         raise NotFound("model_not_found", f"no registered model named {name!r}")
     return model
 
 
 def list_models(
-    session: Session, *, limit: int, after: str | None
+    session: Session, *, limit: int, after: str | None, tags: list[str] | None = None
 ) -> tuple[list[RegisteredModel], bool]:
     return paginate(
         session,
-        select(RegisteredModel),
+        select(RegisteredModel).where(*metadata.filters(RegisteredModel.tags, tags or [])),
         created_at=RegisteredModel.created_at,
         key=RegisteredModel.name,
         limit=limit,
@@ -173,10 +177,12 @@ def check_alias_target(name: str, alias: str, target: int, expected: int) -> Non
 
 
 def list_versions(
-    session: Session, name: str, *, limit: int, after: int | None
+    session: Session, name: str, *, limit: int, after: int | None, tags: list[str] | None = None
 ) -> tuple[list[ModelVersion], bool]:
     get_model(session, name)
-    query = select(ModelVersion).where(ModelVersion.model_name == name)
+    query = select(ModelVersion).where(
+        ModelVersion.model_name == name, *metadata.filters(ModelVersion.tags, tags or [])
+    )
     if after is not None:
         query = query.where(ModelVersion.version < after)
     rows = list(session.scalars(query.order_by(ModelVersion.version.desc()).limit(limit + 1)))

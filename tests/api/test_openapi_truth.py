@@ -85,9 +85,9 @@ class TestAllow:
         response = client.options("/v1/datasets")
         assert_problem(response, 405, "method_not_allowed")
         assert response.headers["allow"] == "GET, POST"
-        one = client.request("PATCH", "/v1/datasets/ds_x")
+        one = client.request("PUT", "/v1/datasets/ds_x")
         assert one.status_code == 405
-        assert set(one.headers["allow"].split(", ")) == {"DELETE", "GET"}
+        assert set(one.headers["allow"].split(", ")) == {"DELETE", "GET", "PATCH"}
         alias = client.options("/v1/models/m/aliases/a")
         assert set(alias.headers["allow"].split(", ")) == {"DELETE", "PUT"}
         # A literal path is its own resource, though /v1/datasets/{dataset_id} matches it too.

@@ -5,7 +5,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy import column, delete, func, insert, select, table, text, update
 
 from app.db import migrate
 from app.db.models import Job, JobTally
@@ -144,14 +144,24 @@ def empty_url(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[n
         yield url
 
 
+# Columns without a database default at that revision, which the ORM used to fill in.
+THEN_DEFAULTS = {"cancel_requested": False, "attempts": 0, "next_event_seq": 1}
+
+
 def test_the_migration_counts_the_jobs_already_there(empty_url: str) -> None:
     migrate.upgrade(empty_url, "e9f1a3b5c7d9")
     engine = make_engine(empty_url)
     rng = random.Random(3)
+    rows = [
+        {**job_row(rng.choice(list(JobStatus)), rng.choice(KEYS)), **THEN_DEFAULTS}
+        for _ in range(50)
+    ]
+    # The jobs table as it was at that revision: only the columns these rows name.
+    then = table("jobs", *(column(name) for name in rows[0]))
     with engine.begin() as conn:
         conn.execute(
-            insert(Job.__table__),
-            [job_row(rng.choice(list(JobStatus)), rng.choice(KEYS)) for _ in range(50)],
+            insert(then),
+            [{**row, "request": "{}", "progress": "{}"} for row in rows],
         )
     engine.dispose()
     migrate.upgrade(empty_url)

@@ -16,14 +16,18 @@ from app.api.deps import (
     ReadSessionDep,
     SessionDep,
     SettingsDep,
+    TagQuery,
 )
 from app.config import Settings
 from app.db.models import Job
 from app.enums import JobKind, JobStatus
+from app.errors import NotFound
 from app.ids import utcnow
 from app.schemas.common import MAX_INT32, Page, problem_responses
 from app.schemas.jobs import EventRead, FineTuningCreate, JobRead, SourceTrainingCreate
+from app.schemas.metadata import MetadataPatch
 from app.services import jobs as jobs_service
+from app.services import metadata
 from app.services.work_estimate import Limits
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -80,6 +84,8 @@ def to_read(job: Job) -> JobRead:
             "attempts": job.attempts,
             "cancel_requested": job.cancel_requested,
             "created_by": job.created_by,
+            "tags": job.tags or {},
+            "description": job.description,
             "base_model": None
             if job.base_model_name is None
             else {"name": job.base_model_name, "version": job.base_model_version},
@@ -182,10 +188,11 @@ def list_jobs(
     kind: JobKind | None = None,
     limit: LimitQuery = 50,
     after: AfterQuery = None,
+    tag: TagQuery = None,
 ) -> Page[JobRead]:
-    """Jobs, newest first, optionally filtered by status and kind."""
+    """Jobs, newest first, optionally filtered by status, kind and tags."""
     rows, has_more = jobs_service.list_jobs(
-        session, status=status_filter, kind=kind, limit=limit, after=after
+        session, status=status_filter, kind=kind, limit=limit, after=after, tags=tag
     )
     return Page[JobRead](data=[to_read(job) for job in rows], has_more=has_more)
 
@@ -196,6 +203,23 @@ def list_jobs(
 def get_job(session: ReadSessionDep, job_id: str) -> JobRead:
     """One job: status, progress, metrics, result or error."""
     return to_read(jobs_service.get(session, job_id))
+
+
+@router.patch(
+    "/{job_id}",
+    response_model=JobRead,
+    summary="Change a job's tags or description",
+    responses=problem_responses(404, 422),
+)
+def patch_job(session: SessionDep, job_id: str, body: MetadataPatch) -> JobRead:
+    """A merge patch: tags set to null are removed, others added or replaced. The job's
+    status, request and results are not touched (a worker may be running it)."""
+    job = session.get(Job, job_id, with_for_update=True)
+    if job is None:
+        raise NotFound("job_not_found", f"no job with id {job_id!r}")
+    metadata.apply(job, body)
+    session.flush()
+    return to_read(job)
 
 
 @router.post(

@@ -3,10 +3,18 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query, Response, status
 from sqlalchemy.orm import Session
 
-from app.api.deps import AfterQuery, KeyIdDep, LimitQuery, ReadSessionDep, SessionDep
+from app.api.deps import (
+    AfterQuery,
+    KeyIdDep,
+    LimitQuery,
+    ReadSessionDep,
+    SessionDep,
+    TagQuery,
+)
 from app.db.models import ModelVersion, RegisteredModel
 from app.schemas.common import MAX_INT32, Page, problem_responses
 from app.schemas.jobs import ALIAS_PATTERN
+from app.schemas.metadata import MetadataPatch
 from app.schemas.models import (
     AliasChangeRead,
     AliasRead,
@@ -15,6 +23,7 @@ from app.schemas.models import (
     RegisteredModelRead,
 )
 from app.services import exports as exports_service
+from app.services import metadata
 from app.services import registry as registry_service
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -33,6 +42,8 @@ def models_to_read(session: Session, models: list[RegisteredModel]) -> list[Regi
             created_at=model.created_at,
             latest_version=summaries[model.name][0],
             aliases=summaries[model.name][1],
+            tags=model.tags or {},
+            description=model.description,
         )
         for model in models
     ]
@@ -75,16 +86,18 @@ def version_to_read(version: ModelVersion, aliases: list[str]) -> ModelVersionRe
             "aliases": aliases,
             "lineage": version.lineage,
             "created_by": version.created_by,
+            "tags": version.tags or {},
+            "description": version.description,
         }
     )
 
 
 @router.get("", response_model=Page[RegisteredModelRead], summary="List registered models")
 def list_models(
-    session: ReadSessionDep, limit: LimitQuery = 50, after: AfterQuery = None
+    session: ReadSessionDep, limit: LimitQuery = 50, after: AfterQuery = None, tag: TagQuery = None
 ) -> Page[RegisteredModelRead]:
-    """Registered models, newest first (`after` is a model name)."""
-    rows, has_more = registry_service.list_models(session, limit=limit, after=after)
+    """Registered models, newest first (`after` is a model name; `tag` filters)."""
+    rows, has_more = registry_service.list_models(session, limit=limit, after=after, tags=tag)
     return Page[RegisteredModelRead](data=models_to_read(session, rows), has_more=has_more)
 
 
@@ -97,6 +110,20 @@ def list_models(
 def get_model(session: ReadSessionDep, name: str) -> RegisteredModelRead:
     """A model's latest version number and aliases."""
     return models_to_read(session, [registry_service.get_model(session, name)])[0]
+
+
+@router.patch(
+    "/{name}",
+    response_model=RegisteredModelRead,
+    summary="Change a model's tags or description",
+    responses=problem_responses(404, 422),
+)
+def patch_model(session: SessionDep, name: str, body: MetadataPatch) -> RegisteredModelRead:
+    """A merge patch: tags set to null are removed, others added or replaced."""
+    model = registry_service.get_model(session, name, lock="update")
+    metadata.apply(model, body)
+    session.flush()
+    return models_to_read(session, [model])[0]
 
 
 @router.delete(
@@ -125,9 +152,12 @@ def list_versions(
     after: Annotated[
         int | None, Query(ge=1, le=MAX_INT32, description="Cursor: a version number.")
     ] = None,
+    tag: TagQuery = None,
 ) -> Page[ModelVersionRead]:
-    """Versions, newest first."""
-    rows, has_more = registry_service.list_versions(session, name, limit=limit, after=after)
+    """Versions, newest first (with `tag`, those with every tag given)."""
+    rows, has_more = registry_service.list_versions(
+        session, name, limit=limit, after=after, tags=tag
+    )
     return Page[ModelVersionRead](data=versions_to_read(session, rows), has_more=has_more)
 
 
@@ -140,6 +170,23 @@ def list_versions(
 def get_version(session: ReadSessionDep, name: str, version: VersionPath) -> ModelVersionRead:
     """Signature, preprocessing, architecture, hyperparameters, metrics and lineage."""
     return versions_to_read(session, [registry_service.get_version(session, name, version)])[0]
+
+
+@router.patch(
+    "/{name}/versions/{version}",
+    response_model=ModelVersionRead,
+    summary="Change a version's tags or description",
+    responses=problem_responses(404, 422),
+)
+def patch_version(
+    session: SessionDep, name: str, version: VersionPath, body: MetadataPatch
+) -> ModelVersionRead:
+    """A merge patch: tags set to null are removed, others added or replaced. The weights,
+    metrics and lineage never change."""
+    found = registry_service.get_version(session, name, version, lock="update")
+    metadata.apply(found, body)
+    session.flush()
+    return versions_to_read(session, [found])[0]
 
 
 @router.delete(

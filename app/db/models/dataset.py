@@ -1,7 +1,7 @@
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Index, Integer, LargeBinary, String
+from sqlalchemy import JSON, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, UTCDateTime
@@ -23,5 +23,8 @@ class Dataset(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     # The API key that asked for it (None: made with auth disabled, or before keys).
     created_by: Mapped[str | None] = mapped_column(String(40), index=True)
+    # Free-form labels (string to string) and text, set at creation or by PATCH.
+    tags: Mapped[dict[str, str]] = mapped_column(JSON, default=dict, server_default="{}")
+    description: Mapped[str | None] = mapped_column(Text)
     # Deferred so that listing datasets never drags their bytes out of the database.
     content: Mapped[bytes] = mapped_column(LargeBinary, deferred=True, deferred_raiseload=True)

@@ -8,6 +8,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column
@@ -44,4 +45,7 @@ class ModelVersion(Base):
     # This version, then each ancestor, with the sha256 of every dataset it was trained on:
     # a snapshot taken at registration, so it outlives deleted datasets and parents.
     lineage: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    # Free-form labels (string to string) and text: the job's at registration, then PATCH.
+    tags: Mapped[dict[str, str]] = mapped_column(JSON, default=dict, server_default="{}")
+    description: Mapped[str | None] = mapped_column(Text)
     weights: Mapped[bytes] = mapped_column(LargeBinary, deferred=True, deferred_raiseload=True)

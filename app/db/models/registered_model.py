@@ -1,6 +1,6 @@
 from datetime import datetime
 
-from sqlalchemy import Index, Integer, String
+from sqlalchemy import JSON, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, UTCDateTime
@@ -15,3 +15,6 @@ class RegisteredModel(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     # Monotonic: a deleted version's number is never handed out again.
     last_version: Mapped[int] = mapped_column(Integer, default=0)
+    # Free-form labels (string to string) and text, set at creation or by PATCH.
+    tags: Mapped[dict[str, str]] = mapped_column(JSON, default=dict, server_default="{}")
+    description: Mapped[str | None] = mapped_column(Text)
