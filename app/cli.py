@@ -142,7 +142,7 @@ def _keys(args: argparse.Namespace) -> None:
 
 
 # Handed to the HTTP client (app/client/commands.py, Typer): they need no database.
-CLIENT_COMMANDS = ("datasets", "train", "fine-tune", "jobs", "predict", "models", "export")
+CLIENT_COMMANDS = ("datasets", "train", "fine-tune", "jobs", "predict", "models", "export", "tag")
 _CLIENT_OPTIONS = ("--url", "--key", "--json")
 
 

@@ -139,6 +139,34 @@ def _options(
     ctx.obj = Context(url, key, as_json)
 
 
+# --- tags -------------------------------------------------------------------------------
+
+SetTags = Annotated[
+    list[str] | None,
+    typer.Option("--tag", help="a tag to set, KEY=VALUE; repeat for several"),
+]
+FilterTags = Annotated[
+    list[str] | None,
+    typer.Option("--tag", help="only items with this tag, KEY=VALUE; repeat (all must hold)"),
+]
+DescriptionOption = Annotated[str | None, typer.Option(help="free text for people")]
+
+
+def _tags(pairs: list[str] | None) -> dict[str, str]:
+    tags = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{pair!r}: expected KEY=VALUE", param_hint="--tag")
+        tags[key] = value
+    return tags
+
+
+def _tag_filter(pairs: list[str] | None) -> dict[str, Any]:
+    """`--tag k=v` as the API's `?tag=k:v` (repeated)."""
+    return {"tag": [f"{k}:{v}" for k, v in _tags(pairs).items()]} if pairs else {}
+
+
 # --- datasets ---------------------------------------------------------------------------
 
 datasets = typer.Typer(help="Upload and list datasets.", no_args_is_help=True)
@@ -158,9 +186,12 @@ def datasets_upload(
     ctx: typer.Context,
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
     name: Annotated[str | None, typer.Option(help="a name (default: the file's)")] = None,
+    tag: SetTags = None,
+    description: DescriptionOption = None,
 ) -> None:
     """Upload a CSV, Parquet, JSON Lines or .npz file; prints the new dataset."""
-    dataset = _run(ctx, lambda client, _: client.upload(file, name))
+    tags = _tags(tag)
+    dataset = _run(ctx, lambda client, _: client.upload(file, name, tags, description))
     _emit(ctx.obj, dataset, lambda: _dataset_table(dataset))
 
 
@@ -171,10 +202,13 @@ def datasets_builtin(
     start: Annotated[int | None, typer.Option(help="first row")] = None,
     stop: Annotated[int | None, typer.Option(help="row after the last")] = None,
     shuffle_seed: Annotated[int | None, typer.Option(help="shuffle first, with this seed")] = None,
+    tag: SetTags = None,
+    description: DescriptionOption = None,
 ) -> None:
     """Make a dataset from one shipped with scikit-learn (optionally a row range of it)."""
-    body = {"name": name, "start": start, "stop": stop, "shuffle_seed": shuffle_seed}
-    body = {k: v for k, v in body.items() if v is not None}
+    fields = {"name": name, "start": start, "stop": stop, "shuffle_seed": shuffle_seed}
+    body: dict[str, Any] = {k: v for k, v in fields.items() if v is not None}
+    body |= {"tags": _tags(tag), "description": description}
     dataset = _run(ctx, lambda client, _: client.json("POST", "/v1/datasets/builtin", json=body))
     _emit(ctx.obj, dataset, lambda: _dataset_table(dataset))
 
@@ -183,13 +217,14 @@ def datasets_builtin(
 def datasets_list(
     ctx: typer.Context,
     limit: Annotated[int | None, typer.Option(help="at most this many (default: all)")] = None,
+    tag: FilterTags = None,
 ) -> None:
     """Datasets, newest first."""
 
     def action(client: GraftClient, settings: Context) -> None:
         _lines(
             settings,
-            client.pages("/v1/datasets", {}, limit),
+            client.pages("/v1/datasets", _tag_filter(tag), limit),
             {
                 "ID": lambda d: d["id"],
                 "NAME": lambda d: d["name"],
@@ -288,9 +323,18 @@ def train(
     param: Params = None,
     watch: Watch = False,
     idempotency_key: IdempotencyKey = None,
+    tag: SetTags = None,
+    description: DescriptionOption = None,
 ) -> None:
-    """Queue a source-training job (and, with --watch, follow it to its end)."""
-    body: dict[str, Any] = {"dataset_id": dataset, "target_column": target, "model_name": model}
+    """Queue a source-training job (and, with --watch, follow it to its end). Its tags and
+    description go to the version it registers too."""
+    body: dict[str, Any] = {
+        "dataset_id": dataset,
+        "target_column": target,
+        "model_name": model,
+        "tags": _tags(tag),
+        "description": description,
+    }
     if features:
         body["feature_columns"] = [name.strip() for name in features.split(",") if name.strip()]
     if task:
@@ -340,9 +384,13 @@ def fine_tune(
     param: Params = None,
     watch: Watch = False,
     idempotency_key: IdempotencyKey = None,
+    tag: SetTags = None,
+    description: DescriptionOption = None,
 ) -> None:
     """Queue a fine-tuning job from a base version (and, with --watch, follow it)."""
     body: dict[str, Any] = {
+        "tags": _tags(tag),
+        "description": description,
         "base_model": _base_ref(base),
         "dataset_id": dataset,
         "target_column": target,
@@ -387,9 +435,11 @@ def jobs_list(
     ] = None,
     kind: Annotated[str | None, typer.Option(help="source_training, fine_tuning, ...")] = None,
     limit: Annotated[int | None, typer.Option(help="at most this many (default: 50)")] = 50,
+    tag: FilterTags = None,
 ) -> None:
     """Jobs, newest first."""
-    params = {k: v for k, v in {"status": status, "kind": kind}.items() if v}
+    params: dict[str, Any] = {k: v for k, v in {"status": status, "kind": kind}.items() if v}
+    params |= _tag_filter(tag)
 
     def action(client: GraftClient, settings: Context) -> None:
         _lines(
@@ -678,13 +728,14 @@ app.add_typer(models, name="models")
 def models_list(
     ctx: typer.Context,
     limit: Annotated[int | None, typer.Option(help="at most this many (default: all)")] = None,
+    tag: FilterTags = None,
 ) -> None:
     """Registered models, newest first."""
 
     def action(client: GraftClient, settings: Context) -> None:
         _lines(
             settings,
-            client.pages("/v1/models", {}, limit),
+            client.pages("/v1/models", _tag_filter(tag), limit),
             {
                 "NAME": lambda m: m["name"],
                 "LATEST": lambda m: m.get("latest_version"),
@@ -749,6 +800,40 @@ def models_alias(ctx: typer.Context, name: str, alias: str, version: int) -> Non
         print(json.dumps(moved))
     else:
         out.print(f"{name}@{alias} -> version {version}", highlight=False)
+
+
+@app.command("tag")
+def tag_command(
+    ctx: typer.Context,
+    target: Annotated[
+        str,
+        typer.Argument(help="dataset ID, job ID, model NAME or version NAME:VERSION"),
+    ],
+    tag: SetTags = None,
+    remove: Annotated[
+        list[str] | None, typer.Option("--remove", help="a tag key to remove")
+    ] = None,
+    description: DescriptionOption = None,
+) -> None:
+    """Set or remove tags, or set the description, of a dataset, job, model or version."""
+    if target.startswith("ds_"):
+        path = f"/v1/datasets/{target}"
+    elif target.startswith("job_"):
+        path = f"/v1/jobs/{target}"
+    elif ":" in target:
+        name, version = target.rsplit(":", 1)
+        path = f"/v1/models/{name}/versions/{version}"
+    else:
+        path = f"/v1/models/{target}"
+    changes: dict[str, str | None] = {**_tags(tag), **dict.fromkeys(remove or [])}
+    body: dict[str, Any] = {"tags": changes}
+    if description is not None:
+        body["description"] = description
+    updated = _run(ctx, lambda client, _: client.json("PATCH", path, json=body))
+    if ctx.obj.as_json:
+        print(json.dumps(updated))
+    else:
+        out.print(_details(updated, ["tags", "description"]))
 
 
 @models.command("rollback")

@@ -94,7 +94,13 @@ class GraftClient:
                 return
             after = cursor(page["data"][-1])
 
-    def upload(self, path: Path, name: str | None) -> Any:
+    def upload(
+        self,
+        path: Path,
+        name: str | None,
+        tags: dict[str, str] | None = None,
+        description: str | None = None,
+    ) -> Any:
         media = {
             ".csv": "text/csv",
             ".parquet": "application/vnd.apache.parquet",
@@ -103,7 +109,10 @@ class GraftClient:
             ".npz": "application/octet-stream",
         }.get(path.suffix.lower(), "application/octet-stream")
         with path.open("rb") as file:
-            data = {"name": name} if name else None
+            fields = {"name": name, "description": description}
+            data = {k: v for k, v in fields.items() if v is not None}
+            if tags:
+                data["tags"] = json.dumps(tags)
             return self.json(
                 "POST", "/v1/datasets", files={"file": (path.name, file, media)}, data=data
             )

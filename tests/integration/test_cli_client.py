@@ -51,7 +51,10 @@ def test_the_iris_flow_from_the_command_line(server_factory: ServerFactory, tmp_
     source_csv = tmp_path / "iris-source.csv"
     frame.iloc[:100].to_csv(source_csv, index=False)
 
-    uploaded = document(graft(server, "datasets", "upload", str(source_csv), "--json"))
+    uploaded = document(
+        graft(server, "datasets", "upload", str(source_csv), "--json", "--tag", "team=vision")
+    )
+    assert uploaded["tags"] == {"team": "vision"}
     assert uploaded["rows"] == 100 and uploaded["name"] == "iris-source"
     target = document(graft(server, "--json", "datasets", "builtin", "iris", "--start", "100"))
     listed = lines(graft(server, "datasets", "list", "--json"))
@@ -83,6 +86,16 @@ def test_the_iris_flow_from_the_command_line(server_factory: ServerFactory, tmp_
 
     jobs = lines(graft(server, "jobs", "list", "--json"))
     assert [j["kind"] for j in jobs] == ["fine_tuning", "source_training"]
+    # Tags: set and removed on any resource, and filtered on.
+    tagged = document(graft(server, "tag", jobs[0]["id"], "--tag", "run=7", "--json"))
+    assert tagged["tags"] == {"run": "7"}
+    assert [j["id"] for j in lines(graft(server, "jobs", "list", "--tag", "run=7", "--json"))] == [
+        jobs[0]["id"]
+    ]
+    graft(server, "tag", "iris-src:1", "--tag", "stage=ok", "--description", "first")
+    assert document(graft(server, "tag", "iris-src:1", "--remove", "stage", "--json"))["tags"] == {}
+    listed_tagged = lines(graft(server, "datasets", "list", "--tag", "team=vision", "--json"))
+    assert [d["id"] for d in listed_tagged] == [uploaded["id"]]
     shown = document(graft(server, "jobs", "show", jobs[0]["id"], "--json"))
     assert shown["result"] == {"model_name": "iris-ft", "version": 1}
     # A finished job can be watched again: its whole history, and its outcome as exit code.
