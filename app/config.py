@@ -165,6 +165,26 @@ class Settings(BaseSettings):
         description="An admin API key to accept (and list as `key_env_admin`); without it the "
         "first start writes a generated one to <data dir>/admin-key.",
     )
+    webhook_secret: SecretStr | None = Field(
+        None,
+        description="Signs webhooks (HMAC-SHA256, header Graft-Signature); a job may ask for "
+        "a webhook_url only when it is set.",
+    )
+    webhook_allow_private: bool = Field(
+        False,
+        description="Let webhooks call loopback, private and link-local addresses (refused "
+        "by default: a URL must not turn the server against its own network).",
+    )
+    webhook_timeout_seconds: float = Field(10.0, gt=0, description="One webhook attempt's timeout.")
+    webhook_max_attempts: int = Field(
+        8, ge=1, le=100, description="Attempts before a webhook is given up (failed)."
+    )
+    webhook_retry_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="The first retry's delay; each next one doubles (at most an hour), "
+        "with jitter.",
+    )
     allowed_hosts: list[str] | None = Field(
         None,
         description="Host header values served (comma-separated; '*' for any); default: "

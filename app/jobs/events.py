@@ -6,8 +6,9 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from app.db.models import Job, JobEvent
-from app.enums import EventType
+from app.enums import EventType, JobStatus
 from app.ids import utcnow
+from app.jobs import webhooks
 
 
 def add_event(
@@ -31,5 +32,12 @@ def add_event(
         job_id=job_id, seq=seq, created_at=utcnow(), type=event_type, message=message, data=data
     )
     session.add(event)
+    status = (data or {}).get("status")
+    if event_type == EventType.STATUS and status in _FINAL:
+        # Every way a job ends writes this event: the webhook it owes is queued with it.
+        webhooks.owe(session, job_id, str(status))
     session.flush()
     return event
+
+
+_FINAL = {JobStatus.SUCCEEDED.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value}

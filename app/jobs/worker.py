@@ -16,7 +16,7 @@ from app.config import Settings
 from app.db import changes
 from app.db.session import Database
 from app.enums import JobStatus
-from app.jobs import queue
+from app.jobs import queue, webhooks
 from app.jobs.runner import WorkerContext, run_job
 from app.processes import is_running
 
@@ -78,6 +78,11 @@ def serve_job(db: Database, job_id: str, context: WorkerContext, settings: Setti
     with _Heartbeat(db, job_id, context.worker_id, settings.heartbeat_seconds):
         status = run_job(db, job_id, context)
     log.info("worker %s: job %s ended %s", context.worker_id, job_id, status)
+    # Its webhook, if it asked for one, goes now rather than at the next sweep.
+    try:
+        webhooks.deliver_due(db, settings, job_id=job_id)
+    except Exception:
+        log.exception("webhook of job %s: left to the sweep", job_id)
     return status
 
 
@@ -104,6 +109,8 @@ def sweep(db: Database, settings: Settings) -> list[str]:
     if time.monotonic() - _last_prune >= PRUNE_EVERY_SECONDS:
         _last_prune = time.monotonic()
         prune(db, settings)
+    # Webhooks due: retries, and those of jobs ended without a worker (a queued job cancelled).
+    webhooks.deliver_due(db, settings)
     if not recovered:
         return []
     with db.read_scope() as session:

@@ -159,6 +159,32 @@ class FineTuningHyperparameters(Hyperparameters):
     )
 
 
+WebhookUrl = Annotated[
+    str | None,
+    Field(
+        max_length=2000,
+        description="Called (POST, JSON, signed with GRAFT_WEBHOOK_SECRET in Graft-Signature) "
+        "when the job ends; retried with backoff. Private and local addresses are refused "
+        "unless GRAFT_WEBHOOK_ALLOW_PRIVATE.",
+        examples=["https://ci.example.com/hooks/graft"],
+    ),
+]
+
+
+class WebhookDeliveryRead(Schema):
+    id: int
+    event: str
+    status: Literal["pending", "delivering", "delivered", "failed"]
+    attempts: int
+    next_attempt_at: datetime | None
+    delivered_at: datetime | None
+    last_status_code: int | None
+    last_error: str | None
+    attempt_log: list[dict[str, Any]] = Field(
+        description="Every attempt: at, status_code, error, duration_ms (the last 20)."
+    )
+
+
 class SourceTrainingCreate(RequestSchema):
     dataset_id: str
     target_column: str
@@ -168,6 +194,7 @@ class SourceTrainingCreate(RequestSchema):
         description="The job's tags; the version it registers starts with them.",
     )
     description: Description = None
+    webhook_url: WebhookUrl = None
     feature_columns: list[FeatureName] | None = Field(
         None,
         min_length=1,
@@ -233,6 +260,7 @@ class FineTuningCreate(RequestSchema):
         description="The job's tags; the version it registers starts with them.",
     )
     description: Description = None
+    webhook_url: WebhookUrl = None
     strategy: StrategyName
     target_normalization: TargetNormalization | None = Field(
         None,
@@ -323,6 +351,12 @@ class JobRead(Schema):
     )
     tags: dict[str, str] = Field(default_factory=dict)
     description: str | None = None
+    webhook_url: str | None = None
+    webhook_deliveries: list[WebhookDeliveryRead] | None = Field(
+        None,
+        description="On GET /v1/jobs/{id} of a job with a webhook_url: its deliveries and "
+        "their attempts.",
+    )
 
 
 class EventRead(Schema):

@@ -251,6 +251,7 @@ class JobDraft:
     source_dataset_id: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
     description: str | None = None
+    webhook_url: str | None = None
 
 
 def draft_source_training(
@@ -270,6 +271,7 @@ def draft_source_training(
         model_name=request.model_name,
         tags=request.tags,
         description=request.description,
+        webhook_url=request.webhook_url,
     )
 
 
@@ -311,6 +313,7 @@ def draft_fine_tuning(
         source_dataset_id=base.dataset_id if needs_source else None,
         tags=request.tags,
         description=request.description,
+        webhook_url=request.webhook_url,
     )
 
 
@@ -389,6 +392,7 @@ def queue(
         created_by=caller.key_id,
         tags=dict(draft.tags),
         description=draft.description,
+        webhook_url=draft.webhook_url,
     )
     # Core inserts, not the unit of work: on SQLite they run under the write lock, and the
     # job handed back is only read (for the response).

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -19,12 +20,19 @@ from app.api.deps import (
     TagQuery,
 )
 from app.config import Settings
-from app.db.models import Job
+from app.db.models import Job, WebhookDelivery
 from app.enums import JobKind, JobStatus
-from app.errors import NotFound
+from app.errors import Invalid, NotFound
 from app.ids import utcnow
+from app.jobs import webhooks
 from app.schemas.common import MAX_INT32, Page, problem_responses
-from app.schemas.jobs import EventRead, FineTuningCreate, JobRead, SourceTrainingCreate
+from app.schemas.jobs import (
+    EventRead,
+    FineTuningCreate,
+    JobRead,
+    SourceTrainingCreate,
+    WebhookDeliveryRead,
+)
 from app.schemas.metadata import MetadataPatch
 from app.services import jobs as jobs_service
 from app.services import metadata
@@ -86,6 +94,7 @@ def to_read(job: Job) -> JobRead:
             "created_by": job.created_by,
             "tags": job.tags or {},
             "description": job.description,
+            "webhook_url": job.webhook_url,
             "base_model": None
             if job.base_model_name is None
             else {"name": job.base_model_name, "version": job.base_model_version},
@@ -101,11 +110,13 @@ async def _submit(
     draft: Callable[[Session], jobs_service.JobDraft],
     idempotency_key: str | None,
     key_id: str | None,
+    webhook_url: str | None,
 ) -> Response:
     """Draft, queue and commit in one hop to a worker thread, then answer 202 with the job
     (an idempotent replay says so in a header). The response is the model's JSON, written once:
     FastAPI would validate the returned model a second time."""
     settings: Settings = request.app.state.settings
+    _check_webhook(settings, webhook_url)
     job, created = await run_in_threadpool(
         jobs_service.submit,
         request.app.state.database,
@@ -133,6 +144,21 @@ async def _submit(
     )
 
 
+def _check_webhook(settings: Settings, url: str | None) -> None:
+    if url is None:
+        return
+    if settings.webhook_secret is None:
+        raise Invalid(
+            "webhooks_not_configured",
+            "this server signs no webhooks: GRAFT_WEBHOOK_SECRET is not set; leave out "
+            "webhook_url or ask its operator",
+        )
+    try:
+        webhooks.check_url(url, allow_private=settings.webhook_allow_private, resolve=False)
+    except webhooks.UnsafeTarget as exc:
+        raise Invalid("webhook_url_refused", str(exc)) from exc
+
+
 @router.post(
     "/source-training",
     status_code=status.HTTP_202_ACCEPTED,
@@ -154,6 +180,7 @@ async def create_source_training_job(
         partial(jobs_service.draft_source_training, request=body, limits=limits),
         idempotency_key,
         key_id,
+        body.webhook_url,
     )
 
 
@@ -178,6 +205,7 @@ async def create_fine_tuning_job(
         partial(jobs_service.draft_fine_tuning, request=body, limits=limits),
         idempotency_key,
         key_id,
+        body.webhook_url,
     )
 
 
@@ -201,8 +229,17 @@ def list_jobs(
     "/{job_id}", response_model=JobRead, summary="Get a job", responses=problem_responses(404)
 )
 def get_job(session: ReadSessionDep, job_id: str) -> JobRead:
-    """One job: status, progress, metrics, result or error."""
-    return to_read(jobs_service.get(session, job_id))
+    """One job: status, progress, metrics, result or error (and its webhook deliveries)."""
+    job = jobs_service.get(session, job_id)
+    read = to_read(job)
+    if job.webhook_url is not None:
+        deliveries = session.scalars(
+            select(WebhookDelivery)
+            .where(WebhookDelivery.job_id == job_id)
+            .order_by(WebhookDelivery.id)
+        )
+        read.webhook_deliveries = [WebhookDeliveryRead.model_validate(d) for d in deliveries]
+    return read
 
 
 @router.patch(

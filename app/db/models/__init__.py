@@ -9,6 +9,7 @@ from app.db.models.job_tally import JobTally
 from app.db.models.model_alias import ModelAlias
 from app.db.models.model_version import ModelVersion
 from app.db.models.registered_model import RegisteredModel
+from app.db.models.webhook_delivery import WebhookDelivery
 
 __all__ = [
     "AliasChange",
@@ -20,4 +21,5 @@ __all__ = [
     "ModelAlias",
     "ModelVersion",
     "RegisteredModel",
+    "WebhookDelivery",
 ]

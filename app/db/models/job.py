@@ -51,6 +51,8 @@ class Job(Base):
     next_event_seq: Mapped[int] = mapped_column(Integer, default=1)
     # The API key that asked for it (None: made with auth disabled, or before keys).
     created_by: Mapped[str | None] = mapped_column(String(40))
+    # Called when the job ends (app/jobs/webhooks.py).
+    webhook_url: Mapped[str | None] = mapped_column(Text)
     # Free-form labels (string to string) and text, set at creation or by PATCH.
     tags: Mapped[dict[str, str]] = mapped_column(JSON, default=dict, server_default="{}")
     description: Mapped[str | None] = mapped_column(Text)
