@@ -282,6 +282,10 @@ Params = Annotated[
 Watch = Annotated[
     bool, typer.Option("--watch", help="follow the job to its end (exit 1 if it fails)")
 ]
+WebhookUrl = Annotated[
+    str | None,
+    typer.Option(help="called (signed) when the job ends; the server must have a webhook secret"),
+]
 IdempotencyKey = Annotated[
     str | None,
     typer.Option(help="repeating the command with the same key returns the first job"),
@@ -325,6 +329,7 @@ def train(
     idempotency_key: IdempotencyKey = None,
     tag: SetTags = None,
     description: DescriptionOption = None,
+    webhook_url: WebhookUrl = None,
 ) -> None:
     """Queue a source-training job (and, with --watch, follow it to its end). Its tags and
     description go to the version it registers too."""
@@ -334,6 +339,7 @@ def train(
         "model_name": model,
         "tags": _tags(tag),
         "description": description,
+        "webhook_url": webhook_url,
     }
     if features:
         body["feature_columns"] = [name.strip() for name in features.split(",") if name.strip()]
@@ -386,11 +392,13 @@ def fine_tune(
     idempotency_key: IdempotencyKey = None,
     tag: SetTags = None,
     description: DescriptionOption = None,
+    webhook_url: WebhookUrl = None,
 ) -> None:
     """Queue a fine-tuning job from a base version (and, with --watch, follow it)."""
     body: dict[str, Any] = {
         "tags": _tags(tag),
         "description": description,
+        "webhook_url": webhook_url,
         "base_model": _base_ref(base),
         "dataset_id": dataset,
         "target_column": target,

@@ -151,7 +151,7 @@ def test_categorical_columns_are_encoded_inside_the_file(
     module = torch.jit.load(io.BytesIO(archive))
     with torch.no_grad():
         scripted = module(
-            torch.from_numpy(feeds["features"]),
+            torch.from_numpy(feeds["features"].copy()),
             {"colour": list(raw["colour"]), "shape": list(raw["shape"])},
         ).numpy()
     assert np.abs(scripted - expected).max() <= TOLERANCE

@@ -174,6 +174,11 @@ def test_exit_codes_for_scripts(server_factory: ServerFactory, tmp_path: Path) -
     assert json.loads(with_json.stderr.splitlines()[0])["code"] == "job_not_found"
     assert graft(None, "jobs", "list").returncode == UNAVAILABLE
     assert graft(server, "train", "--dataset", "x").returncode == USAGE
+    unsigned = graft(
+        server, "train", "--dataset", "x", "--target", "t", "--model", "m",
+        "--webhook-url", "https://hooks.example.com/x",
+    )  # fmt: skip
+    assert unsigned.returncode == REFUSED and "webhooks_not_configured" in unsigned.stderr
     bad = graft(server, "train", "--dataset", "x", "--target", "t", "--model", "m", "--param", "x")
     assert bad.returncode == USAGE and "NAME=VALUE" in bad.stderr
     # A job that ends cancelled: watching it exits 1.
