@@ -4,10 +4,12 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
+from pydantic import StringConstraints
 from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db.session import Database
+from app.schemas.metadata import TAG_FILTER_PATTERN
 from app.serving.cache import ModelCache
 
 
@@ -61,7 +63,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 ModelCacheDep = Annotated[ModelCache, Depends(get_model_cache)]
 LimitQuery = Annotated[int, Query(ge=1, le=200, description="Page size.")]
 TagQuery = Annotated[
-    list[str] | None,
+    list[Annotated[str, StringConstraints(pattern=TAG_FILTER_PATTERN)]] | None,
     Query(
         alias="tag",
         max_length=20,

@@ -5,7 +5,7 @@ from typing import Any
 from sqlalchemy.orm import InstrumentedAttribute
 
 from app.errors import Invalid
-from app.schemas.metadata import MAX_TAGS, MetadataPatch, check_tags
+from app.schemas.metadata import MAX_TAGS, MetadataPatch, check_tag
 
 
 def apply(row: Any, patch: MetadataPatch) -> None:
@@ -38,7 +38,7 @@ def filters(column: InstrumentedAttribute[Any], tag_filters: list[str]) -> list[
         if not sep:
             raise Invalid("invalid_tag_filter", f"tag filter {text!r}: expected key:value")
         try:
-            check_tags({key: value})
+            check_tag(key, value)
         except ValueError as exc:
             raise Invalid("invalid_tag_filter", f"tag filter {text!r}: {exc}") from exc
         conditions.append(column[key].as_string() == value)
