@@ -140,14 +140,22 @@ def owe(session: Session, job_id: str, status: str) -> None:
     )
 
 
-def deliver_due(db: Database, settings: Settings, *, job_id: str | None = None) -> int:
+def deliver_due(
+    db: Database, settings: Settings, *, job_id: str | None = None, budget_seconds: float = 15.0
+) -> int:
     """Send the deliveries that are due (of one job, or any); returns how many were sent
-    successfully. Each is claimed first, so concurrent workers share the work."""
+    successfully. Each is claimed first, so concurrent workers share the work.
+
+    A worker calls this between jobs: it starts no new attempt after `budget_seconds`, so
+    receivers that hang cost it at most that plus one attempt's timeout; the rest waits for
+    the next sweep.
+    """
     if settings.webhook_secret is None:
         return 0
     secret = settings.webhook_secret.get_secret_value()
     delivered = 0
-    for _ in range(50):  # a bounded share per call: the sweep comes back
+    deadline = time.monotonic() + budget_seconds
+    while time.monotonic() < deadline:
         delivery = _claim(db, job_id)
         if delivery is None:
             break

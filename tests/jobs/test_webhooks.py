@@ -218,3 +218,20 @@ def test_the_address_check_at_send_time() -> None:
         webhooks.check_url("http://no-such-host.invalid/x", allow_private=False, resolve=True)
     webhooks.check_url("http://93.184.216.34/x", allow_private=False, resolve=True)
     webhooks.check_url("http://127.0.0.1/x", allow_private=True, resolve=True)
+
+
+def test_a_sweep_spends_at_most_its_budget(
+    hooked_client: TestClient, hooked: Settings, database: Database
+) -> None:
+    receiver = Receiver([])
+    try:
+        job = submit(hooked_client, receiver.url)
+        assert hooked_client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 202
+        # No time left: nothing is claimed, the delivery waits for the next sweep.
+        assert webhooks.deliver_due(database, hooked, budget_seconds=0) == 0
+        shown = hooked_client.get(f"/v1/jobs/{job['id']}").json()
+        assert shown["webhook_deliveries"][0]["status"] == "pending"
+        assert webhooks.deliver_due(database, hooked) == 1
+        assert len(receiver.received) == 1
+    finally:
+        receiver.close()
