@@ -460,8 +460,9 @@ def submit_fine_tuning(
     return queue(session, draft, idempotency_key, caller or Caller())
 
 
-def get(session: Session, job_id: str) -> Job:
-    job = session.get(Job, job_id)
+def get(session: Session, job_id: str, *, for_update: bool = False) -> Job:
+    """One job; `for_update` holds its row until the caller commits."""
+    job = session.get(Job, job_id, with_for_update=for_update or None)
     if job is None:
         raise NotFound("job_not_found", f"no job with id {job_id!r}")
     return job

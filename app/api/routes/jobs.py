@@ -22,7 +22,7 @@ from app.api.deps import (
 from app.config import Settings
 from app.db.models import Job, WebhookDelivery
 from app.enums import JobKind, JobStatus
-from app.errors import Invalid, NotFound
+from app.errors import Invalid
 from app.ids import utcnow
 from app.jobs import webhooks
 from app.schemas.common import MAX_INT32, Page, problem_responses
@@ -251,9 +251,7 @@ def get_job(session: ReadSessionDep, job_id: str) -> JobRead:
 def patch_job(session: SessionDep, job_id: str, body: MetadataPatch) -> JobRead:
     """A merge patch: tags set to null are removed, others added or replaced. The job's
     status, request and results are not touched (a worker may be running it)."""
-    job = session.get(Job, job_id, with_for_update=True)
-    if job is None:
-        raise NotFound("job_not_found", f"no job with id {job_id!r}")
+    job = jobs_service.get(session, job_id, for_update=True)
     metadata.apply(job, body)
     session.flush()
     return to_read(job)
