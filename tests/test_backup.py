@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.script import ScriptDirectory
@@ -21,6 +22,7 @@ from app.db.backup import BackupError, backup, hold_data_dir_lock, restore
 from app.db.models import Dataset
 from app.db.session import Database, make_engine
 from app.ids import new_id, utcnow
+from app.services import dataset_files
 from tests.conftest import fresh_postgres_database
 from tests.helpers import builtin, train_source
 
@@ -44,20 +46,37 @@ def _add_dataset(db: Database, size: int) -> str:
             sha256=hashlib.sha256(content).hexdigest(),
             origin={"kind": "test"},
             created_at=utcnow(),
-            content=content,
         )
         session.add(dataset)
+        dataset_files.write(session, dataset.id, content)
         return dataset.id
+
+
+# Each dataset's stored sha256 beside its pieces, in order.
+_STORED_FILES = (
+    "SELECT d.id, d.sha256, p.content FROM datasets d "
+    "JOIN dataset_parts p ON p.dataset_id = d.id ORDER BY d.id, p.seq"
+)
+
+
+def _hashed(rows: Any) -> dict[str, tuple[str, str]]:
+    """id -> (stored sha256 column, sha256 of the stored bytes)."""
+    digests: dict[str, Any] = {}
+    stored: dict[str, str] = {}
+    for dataset_id, sha256, piece in rows:
+        digests.setdefault(dataset_id, hashlib.sha256()).update(piece)
+        stored[dataset_id] = sha256
+    return {key: (stored[key], digest.hexdigest()) for key, digest in digests.items()}
 
 
 def _datasets(path: Path) -> dict[str, tuple[str, str]]:
     """id -> (stored sha256 column, sha256 of the stored bytes)."""
     conn = sqlite3.connect(path)
     try:
-        rows = conn.execute("SELECT id, sha256, content FROM datasets").fetchall()
+        rows = conn.execute(_STORED_FILES).fetchall()
     finally:
         conn.close()
-    return {row[0]: (row[1], hashlib.sha256(row[2]).hexdigest()) for row in rows}
+    return _hashed(rows)
 
 
 def _count(path: Path, table: str) -> int:
@@ -441,10 +460,10 @@ def _pg_datasets(url: str) -> dict[str, tuple[str, str]]:
     engine = make_engine(url)
     try:
         with engine.connect() as conn:
-            rows = conn.execute(text("SELECT id, sha256, content FROM datasets")).all()
+            rows = conn.execute(text(_STORED_FILES)).all()
     finally:
         engine.dispose()
-    return {row[0]: (row[1], hashlib.sha256(row[2]).hexdigest()) for row in rows}
+    return _hashed(rows)
 
 
 def test_postgres_backup_and_restore_round_trip(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import json
 import re
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -108,6 +108,36 @@ def read_frame(source: Source, fmt: str, limits: DecodeLimits | None = None) -> 
         )
     frame.columns = [str(c) for c in frame.columns]
     return frame
+
+
+def iter_frames(stream: BinaryIO, fmt: str, rows: int) -> Iterator[pd.DataFrame]:
+    """A stored file (checked when it was stored) as DataFrames of at most `rows` rows each,
+    in order, decoding one at a time: a pass over a file of millions of rows holds one chunk
+    of it in memory. Columns are named as `read_frame` names them."""
+    limits = DecodeLimits.generous()
+    stream.seek(0)
+    if fmt == "csv":
+        names = _csv_header(stream, limits)
+        stream.seek(0)
+        with pd.read_csv(
+            stream, encoding="utf-8-sig", header=0, names=names, chunksize=rows
+        ) as reader:
+            yield from reader
+    elif fmt == "parquet":
+        parquet = pq.ParquetFile(stream)
+        for batch in parquet.iter_batches(batch_size=rows, use_pandas_metadata=True):
+            frame = batch.to_pandas()
+            frame.columns = [str(c) for c in frame.columns]
+            yield frame
+    elif fmt == "jsonl":
+        text = io.TextIOWrapper(stream, encoding="utf-8-sig")
+        try:
+            for chunk in _jsonl_chunks(text, limits, rows):
+                yield chunk.reset_index(drop=True)
+        finally:
+            text.detach()
+    else:
+        raise ValueError(f"cannot read {fmt!r} files in chunks")
 
 
 def check_names(names: list[str], limits: DecodeLimits) -> None:
@@ -536,11 +566,20 @@ def _read_jsonl(stream: BinaryIO, limits: DecodeLimits) -> pd.DataFrame:
 
 
 def _jsonl_records(text: io.TextIOWrapper, limits: DecodeLimits) -> pd.DataFrame:
+    parts = list(_jsonl_chunks(text, limits, _JSONL_CHUNK_RECORDS))
+    return _concat(parts)
+
+
+def _jsonl_chunks(
+    text: io.TextIOWrapper, limits: DecodeLimits, chunk_records: int
+) -> Iterator[pd.DataFrame]:
+    """Frames of at most `chunk_records` records (fewer when their cells add up); at least
+    one, empty for a file of blank lines."""
     tally = _Tally(limits)
-    parts: list[pd.DataFrame] = []
     records: list[dict[str, Any]] = []
     columns: dict[str, None] = {}
     count = cells = 0
+    made = False
     for number, line in enumerate(text, start=1):
         if not line.strip():
             continue
@@ -558,12 +597,12 @@ def _jsonl_records(text: io.TextIOWrapper, limits: DecodeLimits) -> pd.DataFrame
                     columns[key] = None
         records.append(record)
         cells += len(record)
-        if len(records) >= _JSONL_CHUNK_RECORDS or cells >= _JSONL_CHUNK_CELLS:
-            parts.append(_jsonl_chunk(records, tally))
+        if len(records) >= chunk_records or cells >= _JSONL_CHUNK_CELLS:
+            yield _jsonl_chunk(records, tally)
+            made = True
             cells = 0
-    if records or not parts:
-        parts.append(_jsonl_chunk(records, tally))
-    return _concat(parts)
+    if records or not made:
+        yield _jsonl_chunk(records, tally)
 
 
 def _jsonl_record(line: str, number: int, limits: DecodeLimits) -> dict[str, Any]:

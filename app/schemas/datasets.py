@@ -1,5 +1,5 @@
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, StrictBool, model_validator
 
@@ -29,6 +29,12 @@ class DatasetRead(Schema):
     columns: list[ColumnRead]
     size_bytes: int
     sha256: str
+    origin: dict[str, Any] = Field(
+        default_factory=dict,
+        description="How it was made: `upload` (with the file's name), `builtin` (with the "
+        "import's request) or `batch_prediction` (with the job, the input dataset and the "
+        "model version).",
+    )
     created_at: datetime
     created_by: str | None = Field(
         None, description="The API key that added it (null with auth disabled)."
@@ -69,3 +75,24 @@ class BuiltinDatasetCreate(RequestSchema):
                 f"as_images works for {list(IMAGE_BUILTINS)}; {self.name} is tabular data"
             )
         return self
+
+
+class ColumnSummary(Schema):
+    name: str
+    dtype: str
+    missing: int
+    min: float | None = None
+    mean: float | None = None
+    max: float | None = None
+    distinct: int | None = None
+    top: list[dict[str, Any]] | None = Field(
+        None, description="Text columns: the most common values and their counts."
+    )
+
+
+class DatasetPreview(Schema):
+    id: str
+    columns: list[str]
+    rows: list[list[Any]] = Field(description="The first rows, values in `columns` order.")
+    summary_rows: int = Field(description="How many first rows the summary describes.")
+    summary: list[ColumnSummary]

@@ -1,6 +1,5 @@
 """Dataset use cases: uploads, scikit-learn imports, schema inference, deletion."""
 
-import hashlib
 import logging
 import unicodedata
 from pathlib import PurePath
@@ -8,7 +7,7 @@ from typing import Any, BinaryIO
 
 import pandas as pd
 from sqlalchemy import or_, select
-from sqlalchemy.orm import Session, undefer
+from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db.models import Dataset, Job
@@ -19,14 +18,13 @@ from app.ml import frames, images
 from app.ml.errors import DataError
 from app.ml.frames import BoundExceeded, DecodeLimits
 from app.schemas.datasets import BuiltinDatasetCreate
-from app.services import metadata
+from app.services import dataset_files, metadata
 from app.services.locking import lock_rows
 from app.services.pagination import paginate
 
 log = logging.getLogger(__name__)
 
 MAX_FILENAME_CHARS = 200
-_HASH_CHUNK = 1 << 20
 _FORMAT_NAMES = {
     DatasetFormat.CSV: "CSV",
     DatasetFormat.PARQUET: "Parquet",
@@ -155,7 +153,6 @@ def _store(
         rows=_row_count(frame),
         columns=_describe(frame),
         origin=origin,
-        sha256=hashlib.sha256(content).hexdigest(),
     )
 
 
@@ -164,25 +161,26 @@ def _insert(
     *,
     name: str,
     fmt: str,
-    content: bytes,
+    content: BinaryIO | bytes,
     rows: int,
     columns: list[dict[str, Any]],
     origin: dict,
-    sha256: str,
     created_by: str | None,
 ) -> Dataset:
+    """The dataset's row and its file's pieces, in the caller's transaction."""
+    dataset_id = new_id("ds")
+    size, sha256 = dataset_files.write(session, dataset_id, content)
     dataset = Dataset(
-        id=new_id("ds"),
+        id=dataset_id,
         name=name,
         format=fmt,
         rows=rows,
         columns=columns,
-        size_bytes=len(content),
+        size_bytes=size,
         sha256=sha256,
         origin=origin,
         created_at=utcnow(),
         created_by=created_by,
-        content=content,
     )
     session.add(dataset)
     session.flush()
@@ -201,40 +199,29 @@ def create_from_upload(
 ) -> Dataset:
     """Parse and store an uploaded file; the bytes are kept exactly as sent.
 
-    `file` is the upload's (spooled) file object: it is hashed in chunks, decoded from the
-    file under the settings' bounds (a file over one is refused while it decodes), and read
-    whole only once the decoded data is gone, to be stored.
+    `file` is the upload's (spooled) file object: it is decoded from the file under the
+    settings' bounds (a file over one is refused while it decodes), then, once the decoded
+    data is gone, stored a piece at a time and hashed on the way.
     """
     shown = clean_filename(filename)
     stream = frames.as_stream(file)
     head = stream.read(64)
     stream.seek(0)
     fmt = detect_format(shown if filename else None, content_type, head)
-    sha256 = _sha256(stream)
     data = _decode_upload(stream, fmt, shown, upload_limits(settings))
     rows, columns = _row_count(data), _describe(data)
     del data
     stream.seek(0)
-    content = stream.read()
     return _insert(
         session,
         name=name or PurePath(shown).stem or "upload",
         fmt=fmt,
-        content=content,
+        content=stream,
         rows=rows,
         columns=columns,
         origin={"type": "upload", "filename": shown},
-        sha256=sha256,
         created_by=created_by,
     )
-
-
-def _sha256(stream: BinaryIO) -> str:
-    digest = hashlib.sha256()
-    stream.seek(0)
-    while chunk := stream.read(_HASH_CHUNK):
-        digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _decode_upload(
@@ -354,17 +341,14 @@ def delete(session: Session, dataset_id: str) -> None:
             "wait for it to end",
         )
     session.delete(dataset)
+    dataset_files.remove(session, dataset_id)
     session.flush()
 
 
 def load_data(session: Session, dataset_id: str) -> pd.DataFrame | images.ImageSet:
-    """The dataset parsed from its stored bytes: a DataFrame, or an ImageSet for .npz images."""
-    dataset = session.scalars(
-        select(Dataset).where(Dataset.id == dataset_id).options(undefer(Dataset.content))
-    ).one_or_none()
-    if dataset is None:
-        raise NotFound("dataset_not_found", f"no dataset with id {dataset_id!r}")
-    return _read(dataset.content, dataset.format)
+    """The dataset parsed from its stored file: a DataFrame, or an ImageSet for .npz images."""
+    dataset = get(session, dataset_id)
+    return _read(dataset_files.open_in(session, dataset.id, dataset.size_bytes), dataset.format)
 
 
 def _read(
@@ -375,3 +359,63 @@ def _read(
     if fmt == DatasetFormat.NPZ:
         return images.read_npz(content, limits)
     return frames.read_frame(content, fmt, limits)
+
+
+# A preview reads the dataset's first rows, and summarises its columns over the first
+# PREVIEW_SUMMARY_ROWS: a page must not wait for a pass over a million rows.
+PREVIEW_SUMMARY_ROWS = 10_000
+
+
+def preview(session: Session, dataset_id: str, rows: int) -> dict[str, Any]:
+    """The first `rows` rows (JSON-ready) and a summary of each column over the first
+    PREVIEW_SUMMARY_ROWS rows: missing values, and min/mean/max or the most common values."""
+    dataset = get(session, dataset_id)
+    if dataset.format == DatasetFormat.NPZ:
+        raise Invalid(
+            "unsupported_dataset",
+            f"dataset {dataset.id} holds images; a preview shows tables (its columns and "
+            "label counts are on GET /v1/datasets/{id})",
+        )
+    stream = dataset_files.open_in(session, dataset.id, dataset.size_bytes)
+    head = next(frames.iter_frames(stream, dataset.format, PREVIEW_SUMMARY_ROWS), pd.DataFrame())
+    return {
+        "id": dataset.id,
+        "columns": [str(name) for name in head.columns],
+        "rows": [[_plain(value) for value in row] for row in head.head(rows).itertuples(False)],
+        "summary_rows": len(head),
+        "summary": [_summary(str(name), head[name]) for name in head.columns],
+    }
+
+
+def _plain(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and value in (float("inf"), float("-inf")):
+        return None
+    return value if isinstance(value, int | float | str | bool) else str(value)
+
+
+def _summary(name: str, column: pd.Series) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        "name": name,
+        "dtype": frames.column_dtype(column),
+        "missing": int(column.isna().sum()),
+    }
+    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+        numbers = pd.to_numeric(column, errors="coerce").astype(float)
+        finite = numbers[numbers.abs() != float("inf")].dropna()
+        if len(finite):
+            summary |= {
+                "min": _plain(finite.min()),
+                "mean": _plain(finite.mean()),
+                "max": _plain(finite.max()),
+            }
+        return summary
+    counts = column.dropna().astype(str).value_counts()
+    summary["distinct"] = len(counts)
+    summary["top"] = [
+        {"value": str(value)[:200], "count": int(count)} for value, count in counts.head(5).items()
+    ]
+    return summary

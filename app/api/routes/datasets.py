@@ -1,7 +1,9 @@
 import json
+import re
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
+from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from app.api.deps import (
@@ -15,10 +17,10 @@ from app.api.deps import (
 )
 from app.errors import Invalid
 from app.schemas.common import Page, problem_responses
-from app.schemas.datasets import BuiltinDatasetCreate, DatasetRead
+from app.schemas.datasets import BuiltinDatasetCreate, DatasetPreview, DatasetRead
 from app.schemas.metadata import MAX_DESCRIPTION, MetadataPatch
+from app.services import dataset_files, metadata
 from app.services import datasets as datasets_service
-from app.services import metadata
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
@@ -116,6 +118,64 @@ def list_datasets(
 def get_dataset(session: ReadSessionDep, dataset_id: str) -> DatasetRead:
     """One dataset's metadata and schema."""
     return DatasetRead.model_validate(datasets_service.get(session, dataset_id))
+
+
+_DOWNLOAD_MEDIA_TYPES = {
+    "csv": "text/csv",
+    "parquet": "application/vnd.apache.parquet",
+    "jsonl": "application/jsonl",
+    "npz": "application/x-npz",
+}
+
+
+@router.get(
+    "/{dataset_id}/content",
+    summary="Download a dataset's file",
+    response_class=StreamingResponse,
+    responses={
+        **problem_responses(404),
+        200: {
+            "description": "The file exactly as stored (an upload's bytes as sent; a batch "
+            "prediction's result as written); its sha256 is the dataset's.",
+            "content": {
+                media: {"schema": {"type": "string", "format": "binary"}}
+                for media in _DOWNLOAD_MEDIA_TYPES.values()
+            },
+        },
+    },
+)
+def download_dataset(
+    session: ReadSessionDep, request: Request, dataset_id: str
+) -> StreamingResponse:
+    """The stored file, streamed a piece at a time (`ETag` is its sha256)."""
+    dataset = datasets_service.get(session, dataset_id)
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", dataset.name).strip("._") or dataset.id
+    filename = f"{stem[:100]}.{dataset.format}"
+    return StreamingResponse(
+        dataset_files.iter_pieces(request.app.state.database, dataset.id),
+        media_type=_DOWNLOAD_MEDIA_TYPES.get(dataset.format, "application/octet-stream"),
+        headers={
+            "Content-Length": str(dataset.size_bytes),
+            "Content-Disposition": f'attachment; filename="{filename}"',
+            "ETag": f'"{dataset.sha256}"',
+        },
+    )
+
+
+@router.get(
+    "/{dataset_id}/preview",
+    response_model=DatasetPreview,
+    summary="Preview a dataset's first rows and columns",
+    responses=problem_responses(404, 422),
+)
+def preview_dataset(
+    session: ReadSessionDep,
+    dataset_id: str,
+    rows: Annotated[int, Query(ge=1, le=100, description="How many first rows to show.")] = 20,
+) -> DatasetPreview:
+    """The first rows, and per column its missing values and min/mean/max (numbers) or most
+    common values (text), over the first 10,000 rows (`summary_rows`). Tables only."""
+    return DatasetPreview.model_validate(datasets_service.preview(session, dataset_id, rows))
 
 
 @router.patch(

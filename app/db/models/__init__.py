@@ -3,6 +3,7 @@
 from app.db.models.alias_change import AliasChange
 from app.db.models.api_key import ApiKey
 from app.db.models.dataset import Dataset
+from app.db.models.dataset_part import DatasetPart
 from app.db.models.job import Job
 from app.db.models.job_event import JobEvent
 from app.db.models.job_tally import JobTally
@@ -15,6 +16,7 @@ __all__ = [
     "AliasChange",
     "ApiKey",
     "Dataset",
+    "DatasetPart",
     "Job",
     "JobEvent",
     "JobTally",

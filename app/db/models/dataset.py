@@ -1,7 +1,7 @@
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import JSON, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, UTCDateTime
@@ -26,5 +26,4 @@ class Dataset(Base):
     # Free-form labels (string to string) and text, set at creation or by PATCH.
     tags: Mapped[dict[str, str]] = mapped_column(JSON, default=dict, server_default="{}")
     description: Mapped[str | None] = mapped_column(Text)
-    # Deferred so that listing datasets never drags their bytes out of the database.
-    content: Mapped[bytes] = mapped_column(LargeBinary, deferred=True, deferred_raiseload=True)
+    # The file's bytes are in `dataset_parts` (app/services/dataset_files.py).
