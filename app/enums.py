@@ -6,6 +6,8 @@ from enum import StrEnum
 class JobKind(StrEnum):
     SOURCE_TRAINING = "source_training"
     FINE_TUNING = "fine_tuning"
+    BATCH_PREDICTION = "batch_prediction"
+    EVALUATION = "evaluation"
 
 
 class JobStatus(StrEnum):

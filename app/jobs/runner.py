@@ -1,10 +1,8 @@
 """run_job(job_id): one claimed job from data to a registered version, or a clean failure."""
 
 import logging
-import re
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -15,8 +13,19 @@ from app.db.models import Job, ModelVersion
 from app.db.session import Database
 from app.enums import EventType, JobKind, JobStatus, Task, VersionKind
 from app.ids import utcnow
-from app.jobs import fine_tuning
+from app.jobs import batch_prediction, evaluation, fine_tuning
 from app.jobs.events import add_event
+from app.jobs.lifecycle import (
+    JobCancelled,
+    JobTimedOut,
+    WorkerContext,
+    WorkerStopping,
+)
+from app.jobs.lifecycle import fail as _fail
+from app.jobs.lifecycle import finish as _finish
+from app.jobs.lifecycle import internal_error as _internal_error
+from app.jobs.lifecycle import requeue as _requeue
+from app.jobs.lifecycle import without_paths as _without_paths
 from app.ml import architectures, inputs, serialization, tabular, training
 from app.ml.errors import DataError
 from app.services import datasets as datasets_service
@@ -24,26 +33,6 @@ from app.services import registry as registry_service
 from app.services import work_estimate
 
 log = logging.getLogger(__name__)
-
-
-class JobCancelled(Exception):
-    """The user asked to cancel; raised from the per-epoch callback."""
-
-
-class WorkerStopping(Exception):
-    """The worker was told to shut down; the job goes back to the queue."""
-
-
-class JobTimedOut(Exception):
-    """The run went past the job's time limit; raised between batches or epochs."""
-
-
-@dataclass
-class WorkerContext:
-    worker_id: str
-    stop: threading.Event = field(default_factory=threading.Event)
-    # The time limit of a job whose request names none (GRAFT_JOB_TIMEOUT_SECONDS).
-    job_timeout_seconds: float | None = None
 
 
 @dataclass
@@ -272,69 +261,8 @@ class _Reporter:
             add_event(session, self.job_id, kind, message, data)
 
 
-def _fail(
-    db: Database,
-    job_id: str,
-    context: WorkerContext,
-    code: str,
-    message: str,
-    detail: str | None = None,
-) -> JobStatus:
-    """Finish the job as failed with `code`; `detail` (default: the message) is kept on it."""
-    _finish(
-        db,
-        job_id,
-        context,
-        JobStatus.FAILED,
-        message,
-        error_code=code,
-        error_message=detail or message,
-    )
-    return JobStatus.FAILED
-
-
-def _finish(
-    db: Database,
-    job_id: str,
-    context: WorkerContext,
-    status: JobStatus,
-    message: str,
-    **fields: Any,
-) -> None:
-    with db.session_scope() as session:
-        # Locked, so a cancel or a recovery sweep at this moment waits for this end.
-        job = session.get(Job, job_id, with_for_update=True)
-        assert job is not None
-        if job.status != JobStatus.RUNNING or job.worker_id != context.worker_id:
-            return
-        job.status = status
-        job.finished_at = utcnow()
-        for name, value in fields.items():
-            setattr(job, name, value)
-        add_event(
-            session,
-            job_id,
-            EventType.STATUS,
-            message,
-            {"status": status, "code": fields.get("error_code")},
-        )
-
-
-def _requeue(db: Database, job_id: str, worker_id: str) -> None:
-    with db.session_scope() as session:
-        job = session.get(Job, job_id)
-        assert job is not None
-        job.status = JobStatus.QUEUED
-        job.worker_id = None
-        # A clean hand-back is not a failed attempt.
-        job.attempts = max(0, job.attempts - 1)
-        add_event(
-            session,
-            job_id,
-            EventType.STATUS,
-            f"worker {worker_id} is shutting down; job returned to the queue",
-            {"status": JobStatus.QUEUED},
-        )
+# Jobs that walk a dataset's rows through versions already registered; the rest train.
+_ROW_JOBS = {JobKind.BATCH_PREDICTION: batch_prediction.run, JobKind.EVALUATION: evaluation.run}
 
 
 def run_job(db: Database, job_id: str, context: WorkerContext) -> JobStatus:
@@ -343,6 +271,8 @@ def run_job(db: Database, job_id: str, context: WorkerContext) -> JobStatus:
     with db.read_scope() as session:
         job = session.scalars(select(Job).where(Job.id == job_id)).one()
         request = dict(job.request)
+    if job.kind in _ROW_JOBS:
+        return _ROW_JOBS[JobKind(job.kind)](db, job_id, context)
     hyper = request["hyperparameters"]
     time_limit = request.get("timeout_seconds") or context.job_timeout_seconds
     reporter = _Reporter(
@@ -403,23 +333,6 @@ def run_job(db: Database, job_id: str, context: WorkerContext) -> JobStatus:
         log.exception("job %s: recording its result failed", job_id)
         message = _internal_error(exc, job_id, "the model trained but recording it failed")
         return _fail(db, job_id, context, "internal_error", message)
-
-
-def _internal_error(exc: Exception, job_id: str, what: str = "the job failed") -> str:
-    """A public message for an unexpected exception: its type, never its text or traceback,
-    which may hold server paths, SQL or data (the worker's log has them)."""
-    return (
-        f"{what} because of an internal error ({type(exc).__name__}); the server log has the "
-        f"details under job {job_id}"
-    )
-
-
-# Absolute file system paths (POSIX, or Windows drive paths) in a library's error text.
-_PATH = re.compile(r"(?<![\w.:/~])/(?:[^\s/'\"]+/)+[^\s/'\"),;\]]*|\b[A-Za-z]:\\[^\s'\"),;\]]+")
-
-
-def _without_paths(message: str) -> str:
-    return _PATH.sub("<path>", message)
 
 
 def _check_fine_tuning_classes(db: Database, job: Job, labels: pd.Series) -> None:

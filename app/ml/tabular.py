@@ -42,7 +42,7 @@ def fit_features(frame: pd.DataFrame, feature_columns: list[str]) -> dict[str, A
         if not series.notna().any():
             raise DataError(f"column {name!r} has no values (every row is empty)")
         if _is_numeric(series.dtype):
-            values = _finite_numbers(series, name)
+            values = finite_numbers(series, name)
             mean, std = _standardisation(values)
             columns.append({"name": name, "kind": "numeric", "mean": mean, "std": std})
             input_dim += 1
@@ -82,7 +82,7 @@ def transform_features(spec: dict[str, Any], frame: pd.DataFrame) -> np.ndarray:
         name = column["name"]
         series = _column(frame, name)
         if column["kind"] == "numeric":
-            values = _finite_numbers(series, name)
+            values = finite_numbers(series, name)
             out[:, offset] = (values - column["mean"]) / column["std"]
             offset += 1
         elif column["kind"] == "categorical":
@@ -105,7 +105,7 @@ def refit_scaling(spec: dict[str, Any], frame: pd.DataFrame) -> dict[str, Any]:
     columns = []
     for column in spec["columns"]:
         if column["kind"] == "numeric":
-            values = _finite_numbers(_column(frame, column["name"]), column["name"])
+            values = finite_numbers(_column(frame, column["name"]), column["name"])
             if len(values):
                 mean, std = _standardisation(values)
                 column = {**column, "mean": mean, "std": std}
@@ -144,7 +144,7 @@ def fit_target(series: pd.Series, task: str) -> dict[str, Any]:
             classes = _sorted([_plain(v) for v in series.unique()])
         return {"task": "classification", "classes": classes}
     if task == "regression":
-        values = _finite_numbers(series, str(name), what=f"target column {name!r}")
+        values = finite_numbers(series, str(name), what=f"target column {name!r}")
         std = float(values.std())
         if not np.isfinite(std) or std == 0.0:
             std = 1.0
@@ -170,7 +170,7 @@ def encode_target(spec: dict[str, Any], series: pd.Series) -> np.ndarray:
             )
         return codes.astype(np.int64)
     if spec["task"] == "regression":
-        values = _finite_numbers(series, str(name), what=f"target column {name!r}")
+        values = finite_numbers(series, str(name), what=f"target column {name!r}")
         return ((values - spec["mean"]) / spec["std"]).astype(np.float32)
     raise ValueError(f"unknown task {spec['task']!r}")
 
@@ -205,7 +205,7 @@ def _is_numeric(dtype: Any) -> bool:
     )
 
 
-def _finite_numbers(series: pd.Series, name: str, *, what: str | None = None) -> np.ndarray:
+def finite_numbers(series: pd.Series, name: str, *, what: str | None = None) -> np.ndarray:
     """float64 values of a column, or a DataError at the first missing or non-numeric row."""
     if _is_numeric(series.dtype):
         values = series.to_numpy(dtype=np.float64, na_value=np.nan)

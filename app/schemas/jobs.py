@@ -298,6 +298,108 @@ class FineTuningCreate(RequestSchema):
     }
 
 
+# Columns a batch prediction copies from its input: a few ids, not the whole row.
+MAX_ID_COLUMNS = 64
+
+
+class BatchPredictionCreate(RequestSchema):
+    """Predictions for every row of a stored dataset, written to a new dataset."""
+
+    model: BaseModelRef = Field(
+        description="The version that predicts: by number, by alias, or neither (the version "
+        "`predict` would use). An alias is read when the job is queued and the version pinned."
+    )
+    dataset_id: str = Field(description="The rows to predict; they need the model's inputs.")
+    id_columns: list[FeatureName] = Field(
+        default_factory=list,
+        max_length=MAX_ID_COLUMNS,
+        description="Input columns copied into the result, first and in this order, so each "
+        "prediction can be joined back to its row.",
+    )
+    output_format: Literal["csv", "jsonl"] = Field(
+        "csv", description="The result dataset's file format."
+    )
+    probabilities: StrictBool = Field(
+        True,
+        description="Classification: add one `probability_<class>` column per class.",
+    )
+    chunk_rows: int = Field(
+        10_000,
+        ge=1,
+        le=100_000,
+        description="Rows decoded, predicted and written at a time; memory follows this, "
+        "not the dataset's size.",
+    )
+    result_name: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="The result dataset's name. Default: `<dataset name> predictions "
+        "(<model> v<version>)`.",
+    )
+    tags: Tags = Field(default_factory=dict, description="The job's tags.")
+    description: Description = None
+    webhook_url: WebhookUrl = None
+    timeout_seconds: int | None = _timeout_field()
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "model": {"name": "iris-target", "alias": "production"},
+                    "dataset_id": "ds_replace_with_your_dataset_id",
+                    "id_columns": ["id"],
+                }
+            ]
+        }
+    }
+
+
+MAX_EVALUATED_VERSIONS = 20
+
+
+class EvaluationCreate(RequestSchema):
+    """Score versions on a labelled dataset; the scores are stored with each version."""
+
+    models: list[BaseModelRef] = Field(
+        min_length=1,
+        max_length=MAX_EVALUATED_VERSIONS,
+        description="The versions to score, each by number, alias or neither; pinned when "
+        "the job is queued.",
+    )
+    dataset_id: str = Field(description="Labelled rows with every scored version's inputs.")
+    target_column: str | None = Field(
+        None,
+        max_length=200,
+        description="The column holding the true values. Default: the target each version "
+        "was trained on.",
+    )
+    include_base: StrictBool = Field(
+        False,
+        description="Also score the base version of every fine-tuned version on the same "
+        "rows, so a fine-tune can be compared with what it started from.",
+    )
+    chunk_rows: int = Field(
+        10_000, ge=1, le=100_000, description="Rows decoded and scored at a time."
+    )
+    tags: Tags = Field(default_factory=dict, description="The job's tags.")
+    description: Description = None
+    webhook_url: WebhookUrl = None
+    timeout_seconds: int | None = _timeout_field()
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "models": [{"name": "iris-target", "version": 1}],
+                    "dataset_id": "ds_replace_with_your_dataset_id",
+                    "include_base": True,
+                }
+            ]
+        }
+    }
+
+
 class Progress(Schema):
     epoch: int = 0
     epochs: int = 0
@@ -311,6 +413,12 @@ class Progress(Schema):
     )
     estimated_finish_at: datetime | None = Field(
         None, description="When the job is expected to finish, at the same estimate."
+    )
+    rows_done: int | None = Field(
+        None, description="Batch prediction and evaluation: rows processed so far."
+    )
+    rows_total: int | None = Field(
+        None, description="Batch prediction and evaluation: rows to process."
     )
 
 
@@ -342,7 +450,12 @@ class JobRead(Schema):
     result: JobResult | None
     error: JobError | None
     base_model: PinnedModel | None = Field(
-        None, description="The exact version a fine-tuning job builds on, pinned when queued."
+        None,
+        description="The exact version a fine-tuning job builds on, or a batch prediction "
+        "or evaluation uses (its first), pinned when queued.",
+    )
+    result_dataset_id: str | None = Field(
+        None, description="Batch prediction: the dataset holding the predictions, once done."
     )
     attempts: int
     cancel_requested: bool

@@ -20,7 +20,12 @@ from app.errors import Conflict, Invalid, NotFound, TooManyRequests
 from app.ids import new_id, utcnow
 from app.jobs.events import add_event
 from app.ml.transfer import registry as strategies
-from app.schemas.jobs import FineTuningCreate, SourceTrainingCreate
+from app.schemas.jobs import (
+    BatchPredictionCreate,
+    EvaluationCreate,
+    FineTuningCreate,
+    SourceTrainingCreate,
+)
 from app.services import datasets as datasets_service
 from app.services import image_jobs, metadata, work_estimate
 from app.services import registry as registry_service
@@ -252,6 +257,12 @@ class JobDraft:
     tags: dict[str, str] = field(default_factory=dict)
     description: str | None = None
     webhook_url: str | None = None
+    # What GET /v1/jobs/{id} shows while the job waits.
+    progress: dict[str, Any] = field(default_factory=dict)
+
+
+def _epochs(request: SourceTrainingCreate | FineTuningCreate) -> dict[str, Any]:
+    return {"epoch": 0, "epochs": request.hyperparameters.epochs}
 
 
 def draft_source_training(
@@ -272,6 +283,7 @@ def draft_source_training(
         tags=request.tags,
         description=request.description,
         webhook_url=request.webhook_url,
+        progress=_epochs(request),
     )
 
 
@@ -314,6 +326,161 @@ def draft_fine_tuning(
         tags=request.tags,
         description=request.description,
         webhook_url=request.webhook_url,
+        progress=_epochs(request),
+    )
+
+
+def _table_dataset(dataset: Dataset, what: str) -> None:
+    if image_jobs.dataset_image_shape(dataset) is not None:
+        raise Invalid(
+            "unsupported_dataset",
+            f"{what} reads tables (CSV, Parquet, JSON Lines); dataset {dataset.id} holds images",
+        )
+
+
+def _check_inputs(dataset: Dataset, version: ModelVersion, columns: dict[str, str]) -> None:
+    """The version's inputs are columns of the dataset, numbers where it reads numbers."""
+    if image_jobs.model_image_shape(version) is not None:
+        raise Invalid(
+            "unsupported_model",
+            f"{version.model_name} version {version.version} reads images; batch prediction "
+            "and evaluation read tables",
+        )
+    expected = version.signature["inputs"]
+    names = [column["name"] for column in expected]
+    missing = [name for name in names if name not in columns]
+    if missing:
+        raise Invalid(
+            "feature_mismatch",
+            f"{version.model_name} version {version.version} reads {len(names)} features "
+            f"{_names(names)}; dataset {dataset.id} lacks {_names(missing)}",
+        )
+    wrong_type = [
+        f"{column['name']} (model: {column['dtype']}, dataset: {columns[column['name']]})"
+        for column in expected
+        if column["dtype"] in _NUMERIC_DTYPES and columns[column["name"]] not in _NUMERIC_DTYPES
+    ]
+    if wrong_type:
+        raise Invalid(
+            "feature_mismatch",
+            f"{version.model_name} version {version.version} reads numbers where dataset "
+            f"{dataset.id} holds text: {_names(wrong_type)}",
+        )
+
+
+# The result's own columns; an id column may not take one of these names.
+PREDICTION_COLUMN = "prediction"
+PROBABILITY_PREFIX = "probability_"
+
+
+def draft_batch_prediction(session: Session, request: BatchPredictionCreate) -> JobDraft:
+    """Pin the version, check the dataset holds its inputs and the id columns, and name
+    the result dataset."""
+    ref = request.model
+    version = registry_service.resolve(session, ref.name, version=ref.version, alias=ref.alias)
+    dataset = datasets_service.get(session, request.dataset_id)
+    _table_dataset(dataset, "batch prediction")
+    columns = _columns(dataset)
+    _check_inputs(dataset, version, columns)
+    missing = [name for name in request.id_columns if name not in columns]
+    if missing:
+        raise Invalid(
+            "column_not_found",
+            f"id column(s) {_names(missing)} are not in dataset {dataset.id}; its columns are "
+            f"{_names(list(columns))}",
+        )
+    duplicated = sorted(c for c, n in Counter(request.id_columns).items() if n > 1)
+    if duplicated:
+        raise Invalid("invalid_id_columns", f"id column(s) {_names(duplicated)} repeated")
+    clashing = [
+        name
+        for name in request.id_columns
+        if name == PREDICTION_COLUMN or name.startswith(PROBABILITY_PREFIX)
+    ]
+    if clashing:
+        raise Invalid(
+            "invalid_id_columns",
+            f"id column(s) {_names(clashing)} would clash with the result's own columns "
+            f"({PREDICTION_COLUMN!r}, {PROBABILITY_PREFIX}<class>); copy them under another "
+            "name first",
+        )
+    body = request.model_dump(mode="json")
+    if body["result_name"] is None:
+        body["result_name"] = (
+            f"{dataset.name} predictions ({version.model_name} v{version.version})"
+        )[:200]
+    return JobDraft(
+        kind=JobKind.BATCH_PREDICTION,
+        body=body,
+        dataset_id=dataset.id,
+        model_name=version.model_name,
+        base_model_name=version.model_name,
+        base_model_version=version.version,
+        tags=request.tags,
+        description=request.description,
+        webhook_url=request.webhook_url,
+        progress={"rows_done": 0, "rows_total": dataset.rows},
+    )
+
+
+def draft_evaluation(session: Session, request: EvaluationCreate) -> JobDraft:
+    """Pin every version (and with include_base their bases), check the dataset holds each
+    one's inputs and a usable target column."""
+    dataset = datasets_service.get(session, request.dataset_id)
+    _table_dataset(dataset, "evaluation")
+    columns = _columns(dataset)
+    versions: list[ModelVersion] = []
+    for ref in request.models:
+        versions.append(
+            registry_service.resolve(session, ref.name, version=ref.version, alias=ref.alias)
+        )
+    if request.include_base:
+        for version in list(versions):
+            if version.parent_name is None or version.parent_version is None:
+                continue
+            base = session.scalar(
+                select(ModelVersion).where(
+                    ModelVersion.model_name == version.parent_name,
+                    ModelVersion.version == version.parent_version,
+                )
+            )
+            if base is not None:  # a deleted base is left out; the job's log says so
+                versions.append(base)
+    pinned: list[dict[str, Any]] = []
+    seen: set[tuple[str, int]] = set()
+    for version in versions:
+        if (version.model_name, version.version) in seen:
+            continue
+        seen.add((version.model_name, version.version))
+        _check_inputs(dataset, version, columns)
+        target = request.target_column or version.signature.get("target")
+        if not target or target not in columns:
+            raise Invalid(
+                "column_not_found",
+                f"target column {target!r} of {version.model_name} version {version.version} "
+                f"is not in dataset {dataset.id}; name the labels with target_column (its "
+                f"columns are {_names(list(columns))})",
+            )
+        if version.task == Task.REGRESSION and columns[target] not in _NUMERIC_DTYPES:
+            raise Invalid(
+                "target_mismatch",
+                f"{version.model_name} version {version.version} does regression but column "
+                f"{target!r} holds {columns[target]} values; expected numbers",
+            )
+        pinned.append({"name": version.model_name, "version": version.version, "target": target})
+    body = {**request.model_dump(mode="json"), "pinned": pinned}
+    first = pinned[0]
+    return JobDraft(
+        kind=JobKind.EVALUATION,
+        body=body,
+        dataset_id=dataset.id,
+        model_name=first["name"],
+        base_model_name=first["name"],
+        base_model_version=first["version"],
+        tags=request.tags,
+        description=request.description,
+        webhook_url=request.webhook_url,
+        progress={"rows_done": 0, "rows_total": dataset.rows},
     )
 
 
@@ -375,10 +542,11 @@ def queue(
         model_name=draft.model_name,
         base_model_name=draft.base_model_name,
         base_model_version=draft.base_model_version,
-        progress={"epoch": 0, "epochs": draft.body["hyperparameters"]["epochs"]},
+        progress=dict(draft.progress),
         metrics=None,
         result_model_name=None,
         result_version=None,
+        result_dataset_id=None,
         error_code=None,
         error_message=None,
         cancel_requested=False,

@@ -12,6 +12,7 @@ from app.db.models import (
     Dataset,
     Job,
     ModelAlias,
+    ModelEvaluation,
     ModelVersion,
     RegisteredModel,
 )
@@ -498,6 +499,11 @@ def delete_version(session: Session, name: str, version: int) -> None:
             f"{name} version {version} is the base of a queued or running job",
         )
     session.delete(found)
+    session.execute(
+        delete(ModelEvaluation).where(
+            ModelEvaluation.model_name == name, ModelEvaluation.version == version
+        )
+    )
     session.flush()
     changes.mark(session, changes.REGISTRY)
 
@@ -531,6 +537,7 @@ def delete_model(session: Session, name: str) -> None:
     session.execute(delete(ModelAlias).where(ModelAlias.model_name == name))
     session.execute(delete(AliasChange).where(AliasChange.model_name == name))
     session.execute(delete(ModelVersion).where(ModelVersion.model_name == name))
+    session.execute(delete(ModelEvaluation).where(ModelEvaluation.model_name == name))
     session.execute(delete(RegisteredModel).where(RegisteredModel.name == name))
     changes.mark(session, changes.REGISTRY)
 

@@ -46,6 +46,8 @@ class TestCreateSourceTraining:
             "elapsed_seconds": None,
             "eta_seconds": None,
             "estimated_finish_at": None,
+            "rows_done": None,  # batch prediction and evaluation count rows instead
+            "rows_total": None,
         }
         assert job["request"]["timeout_seconds"] is None
         assert job["result"] is None and job["error"] is None

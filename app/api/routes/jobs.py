@@ -27,6 +27,8 @@ from app.ids import utcnow
 from app.jobs import webhooks
 from app.schemas.common import MAX_INT32, Page, problem_responses
 from app.schemas.jobs import (
+    BatchPredictionCreate,
+    EvaluationCreate,
     EventRead,
     FineTuningCreate,
     JobRead,
@@ -54,6 +56,9 @@ def _progress(job: Job) -> dict[str, Any]:
     """Stored epoch counters plus times computed now, so they never go stale between epochs."""
     stored = job.progress or {}
     progress: dict[str, Any] = {"epoch": stored.get("epoch", 0), "epochs": stored.get("epochs", 0)}
+    for counter in ("rows_done", "rows_total"):
+        if counter in stored:
+            progress[counter] = stored[counter]
     if job.started_at is None or job.status == JobStatus.QUEUED:
         return progress
     now = utcnow()
@@ -95,6 +100,10 @@ def to_read(job: Job) -> JobRead:
             "tags": job.tags or {},
             "description": job.description,
             "webhook_url": job.webhook_url,
+            # Set when the job is queued; the dataset exists only once the job succeeded.
+            "result_dataset_id": job.result_dataset_id
+            if job.status == JobStatus.SUCCEEDED
+            else None,
             "base_model": None
             if job.base_model_name is None
             else {"name": job.base_model_name, "version": job.base_model_version},
@@ -203,6 +212,58 @@ async def create_fine_tuning_job(
     return await _submit(
         request,
         partial(jobs_service.draft_fine_tuning, request=body, limits=limits),
+        idempotency_key,
+        key_id,
+        body.webhook_url,
+    )
+
+
+@router.post(
+    "/batch-prediction",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobRead,
+    summary="Predict every row of a stored dataset into a new dataset",
+    responses=problem_responses(404, 409, 422),
+)
+async def create_batch_prediction_job(
+    key_id: KeyIdDep,
+    request: Request,
+    body: BatchPredictionCreate,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    """Queue a batch prediction: a worker streams the dataset through the version in chunks
+    and writes the predictions (with the id columns) as a new dataset, `result_dataset_id`
+    once the job has succeeded; download it from `/v1/datasets/{id}/content`."""
+    return await _submit(
+        request,
+        partial(jobs_service.draft_batch_prediction, request=body),
+        idempotency_key,
+        key_id,
+        body.webhook_url,
+    )
+
+
+@router.post(
+    "/evaluation",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobRead,
+    summary="Score model versions on a labelled dataset",
+    responses=problem_responses(404, 409, 422),
+)
+async def create_evaluation_job(
+    key_id: KeyIdDep,
+    request: Request,
+    body: EvaluationCreate,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    """Queue an evaluation: every version (and with `include_base` each fine-tune's base) is
+    scored on the dataset's rows (classification: accuracy, F1, log-loss, Brier, calibration,
+    confusion matrix; regression: R², RMSE, MAE). The scores are stored with each version
+    (`GET /v1/models/{name}/versions/{version}/evaluations`) and shown side by side by
+    `GET /v1/models/{name}/compare`."""
+    return await _submit(
+        request,
+        partial(jobs_service.draft_evaluation, request=body),
         idempotency_key,
         key_id,
         body.webhook_url,

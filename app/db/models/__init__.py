@@ -8,6 +8,7 @@ from app.db.models.job import Job
 from app.db.models.job_event import JobEvent
 from app.db.models.job_tally import JobTally
 from app.db.models.model_alias import ModelAlias
+from app.db.models.model_evaluation import ModelEvaluation
 from app.db.models.model_version import ModelVersion
 from app.db.models.registered_model import RegisteredModel
 from app.db.models.webhook_delivery import WebhookDelivery
@@ -21,6 +22,7 @@ __all__ = [
     "JobEvent",
     "JobTally",
     "ModelAlias",
+    "ModelEvaluation",
     "ModelVersion",
     "RegisteredModel",
     "WebhookDelivery",

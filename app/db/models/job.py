@@ -40,6 +40,9 @@ class Job(Base):
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     result_model_name: Mapped[str | None] = mapped_column(String(200))
     result_version: Mapped[int | None] = mapped_column(Integer)
+    # A batch prediction's output, fixed when the job is queued; the dataset row with this
+    # id exists once the job has succeeded.
+    result_dataset_id: Mapped[str | None] = mapped_column(String(40))
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
