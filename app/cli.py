@@ -142,7 +142,18 @@ def _keys(args: argparse.Namespace) -> None:
 
 
 # Handed to the HTTP client (app/client/commands.py, Typer): they need no database.
-CLIENT_COMMANDS = ("datasets", "train", "fine-tune", "jobs", "predict", "models", "export", "tag")
+CLIENT_COMMANDS = (
+    "datasets",
+    "train",
+    "fine-tune",
+    "jobs",
+    "predict",
+    "batch-predict",
+    "evaluate",
+    "models",
+    "export",
+    "tag",
+)
 _CLIENT_OPTIONS = ("--url", "--key", "--json")
 
 
@@ -182,7 +193,7 @@ def _global_options_first(arguments: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     arguments = sys.argv[1:] if argv is None else argv
     if _is_client_command(arguments):
-        from app.client.commands import app as client
+        from app.client.main import app as client
 
         client(args=_global_options_first(arguments), prog_name="graft")
         return

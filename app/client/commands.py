@@ -418,7 +418,7 @@ app.add_typer(jobs, name="jobs")
 
 _JOB_FIELDS = [
     "id", "kind", "status", "created_at", "started_at", "finished_at", "progress",
-    "metrics", "result", "error", "base_model", "attempts", "created_by",
+    "metrics", "result", "result_dataset_id", "error", "base_model", "attempts", "created_by",
 ]  # fmt: skip
 
 
@@ -431,7 +431,13 @@ def _result(job: dict[str, Any]) -> str:
         return f"{job['result']['model_name']} v{job['result']['version']}"
     if job.get("error"):
         return job["error"]["code"]
+    if job.get("result_dataset_id"):
+        return f"dataset {job['result_dataset_id']}"
     progress = job.get("progress") or {}
+    if progress.get("rows_total") is not None:
+        return f"rows {progress.get('rows_done') or 0:,}/{progress['rows_total']:,}"
+    if job.get("kind") == "evaluation" and job.get("status") == "succeeded":
+        return "scores stored"
     return f"epoch {progress.get('epoch', 0)}/{progress.get('epochs', 0)}"
 
 
@@ -513,7 +519,11 @@ def _event_json(event: Event) -> dict[str, Any]:
 
 def _follow(client: GraftClient, job: dict[str, Any]) -> None:
     """A progress bar on a terminal; elsewhere (a log file, CI) one line per event."""
-    epochs = int((job.get("progress") or {}).get("epochs") or 0) or None
+    progress_now = job.get("progress") or {}
+    # Training counts epochs; batch prediction and evaluation count rows.
+    counts_rows = progress_now.get("rows_total") is not None
+    total_now = progress_now.get("rows_total" if counts_rows else "epochs")
+    epochs = int(total_now or 0) or None
     events = client.events(job["id"])
     if not err.is_terminal:
         for event in events:
@@ -527,7 +537,11 @@ def _follow(client: GraftClient, job: dict[str, Any]) -> None:
         TextColumn("{task.description}"),
         BarColumn(),
         TaskProgressColumn(),
-        TextColumn("epoch {task.completed:.0f}/{task.total:.0f}"),
+        TextColumn(
+            ("rows {task.completed:,.0f}/{task.total:,.0f}")
+            if counts_rows
+            else "epoch {task.completed:.0f}/{task.total:.0f}"
+        ),
         TextColumn("{task.fields[loss]}"),
         TimeRemainingColumn(),
     )
@@ -538,6 +552,8 @@ def _follow(client: GraftClient, job: dict[str, Any]) -> None:
             if event.type == "metrics" and "epoch" in data:
                 total = data.get("epochs") or epochs
                 progress.update(bar, completed=data["epoch"], total=total, loss=_metrics_text(data))
+            elif event.type == "metrics" and "rows_done" in data:
+                progress.update(bar, completed=data["rows_done"], total=data.get("rows_total"))
             elif event.type == "status":
                 progress.update(bar, description=f"{job['id']} {data.get('status', '')}")
             elif event.type in ("warning", "log"):
