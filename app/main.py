@@ -36,6 +36,7 @@ from app.services.predictions import BatchingOptions, PredictionService
 from app.serving.cache import ModelCache
 from app.serving.memory import pin_malloc_thresholds
 from app.serving.predictor import Predictor
+from app.ui import add_ui
 
 log = logging.getLogger(__name__)
 
@@ -239,5 +240,6 @@ def create_app(settings: Settings | None = None, *, runtime_dir: Path | None = N
     app.include_router(api_router)
     app.include_router(v2_router)
     add_docs(app)
+    add_ui(app)
     complete_openapi(app)
     return app

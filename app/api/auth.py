@@ -23,6 +23,7 @@ from app.api.docs import ASSETS_PATH
 from app.api.problems import problem_response
 from app.config import Settings
 from app.services.keys import KeyRecord, KeyRing
+from app.ui import UI_PATH
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,12 @@ KEY_ID = "graft.key_id"
 
 def required_scope(method: str, path: str) -> str | None:
     """The scope a request needs; None for the public routes."""
-    if path in PUBLIC_PATHS or path.startswith(ASSETS_PATH + "/"):
+    if (
+        path in PUBLIC_PATHS
+        or path.startswith(ASSETS_PATH + "/")
+        or path == UI_PATH
+        or path.startswith(UI_PATH + "/")
+    ):
         return None
     if path == "/v1/keys" or path.startswith("/v1/keys/"):
         return "admin"
