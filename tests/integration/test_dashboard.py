@@ -129,6 +129,24 @@ def test_the_iris_flow_from_the_dashboard(
     page.click("#predict-form button")
     expect(page.locator("#predict-result")).to_contain_text('"predictions"')
 
+    # Scored on the target beside its base, from the page, and shown side by side.
+    expect(page.locator("#compare")).to_contain_text("No evaluations yet")
+    page.select_option("#evaluate-dataset", datasets["iris[100:150]"])
+    page.click("#evaluate-form button")
+    expect(page.locator("#job-status")).to_have_text("succeeded", timeout=120_000)
+    expect(page.locator("#evaluation")).to_contain_text("iris-source v1")
+    page.goto(server.url + "/ui#/models/iris-feature")
+    table = page.locator(f".compare-table[data-dataset={datasets['iris[100:150]']}]")
+    expect(table.locator("tr[data-version]")).to_have_count(2)
+    expect(table.locator("tr[data-version='iris-source v1']")).to_contain_text("(base)")
+    with server.client() as client:
+        compared = client.get("/v1/models/iris-feature/compare?versions=1").json()
+    (group,) = compared["datasets"]
+    accuracy = group["scores"][0]["metrics"]["accuracy"]
+    expect(table.locator("tr[data-version='iris-feature v1'] td").nth(1)).to_have_text(
+        str(round(accuracy, 3)).rstrip("0").rstrip(".") if accuracy % 1 else str(int(accuracy))
+    )
+
     # A second source version, the alias moved to it, then rolled back in one click.
     page.goto(server.url + "/ui#/models/iris-source")
     page.fill("#alias-name", "production")

@@ -527,8 +527,10 @@ async function modelView(root, name) {
         h("td", {}, h("button", { type: "button", "data-show": v.version, onclick: () => showVersion(v) }, "Details")));
     }));
   const aliasCard = h("div", { class: "card", id: "aliases" });
+  const compareCard = h("div", { class: "card", id: "compare" });
   const detail = h("div", { id: "version-detail" });
-  root.append(versionTable, aliasCard, detail);
+  root.append(versionTable, aliasCard, compareCard, detail);
+  if (versions.length) await drawCompare(compareCard, name, versions);
 
   const drawAliases = async () => {
     const fresh = await api("GET", `/v1/models/${encodeURIComponent(name)}`);
@@ -570,6 +572,47 @@ async function modelView(root, name) {
   };
   await drawAliases();
   if (versions.length) await showVersion(versions[0]);
+}
+
+async function drawCompare(card, name, versions) {
+  // Evaluations side by side: each version (and each fine-tune's base) on every dataset any
+  // of them was scored on, with a form to score one on another dataset.
+  const numbers = versions.slice(0, 20).map((v) => v.version).join(",");
+  const compared = await api("GET", `/v1/models/${encodeURIComponent(name)}/compare?versions=${numbers}&include_base=true`);
+  const datasets = (await api("GET", "/v1/datasets?limit=100")).data.filter((d) => d.format !== "npz");
+  const which = h("select", { id: "evaluate-version", "aria-label": "version to evaluate" }, versions.map((v) => h("option", { value: v.version }, `v${v.version}`)));
+  const on = h("select", { id: "evaluate-dataset", "aria-label": "labelled dataset" }, datasets.map((d) => h("option", { value: d.id }, `${d.name} (${d.id})`)));
+  const withBase = h("input", { id: "evaluate-base", type: "checkbox", checked: true });
+  const message = h("span", { role: "status" });
+  const form = h("form", { class: "inline", id: "evaluate-form", onsubmit: async (event) => {
+    event.preventDefault();
+    try {
+      const job = await api("POST", "/v1/jobs/evaluation", { models: [{ name, version: Number(which.value) }], dataset_id: on.value, include_base: withBase.checked });
+      location.hash = `#/jobs/${job.id}`;
+    } catch (error) { message.textContent = error.message; }
+  } }, h("label", {}, "Version", which), h("label", {}, "Labelled dataset", on), h("label", {}, "Its base too", withBase), h("button", { type: "submit" }, "Evaluate"), message);
+  card.replaceChildren(h("h2", {}, "Scores side by side"), form);
+  if (!compared.datasets.length) {
+    card.append(h("p", { class: "muted" }, "No evaluations yet: score a version (and its base) on a labelled dataset above."));
+    return;
+  }
+  const roles = Object.fromEntries(compared.versions.map((v) => [`${v.name} v${v.version}`, v.role]));
+  for (const group of compared.datasets) {
+    const best = group.best ? `${group.best.name} v${group.best.version}` : null;
+    card.append(
+      h("h3", {}, `${group.dataset.name} · labels ${group.target_column}`),
+      h("p", { class: "muted" }, `${group.dataset.id} · sha256 ${group.dataset.sha256.slice(0, 16)}…`),
+      h("table", { class: "compare-table", "data-dataset": group.dataset.id },
+        h("tr", {}, h("th", {}, "version"), compared.headline_metrics.map((m) => h("th", {}, m)), h("th", {}, "rows")),
+        group.scores.map((score) => {
+          const label = `${score.name} v${score.version}`;
+          return h("tr", { "data-version": label },
+            h("td", {}, label, roles[label] === "base" ? " (base)" : "", label === best ? " ★" : ""),
+            compared.headline_metrics.map((m) => h("td", {}, fmt(score.metrics[m], 3))),
+            h("td", {}, fmt(score.metrics.rows)));
+        })),
+    );
+  }
 }
 
 // ---- datasets -----------------------------------------------------------------------------
