@@ -20,7 +20,6 @@ from app.db.models import Dataset, Job
 from app.db.session import Database
 from app.enums import EventType, JobStatus
 from app.ids import new_id, utcnow
-from app.jobs.events import add_event
 from app.jobs.lifecycle import (
     JobCancelled,
     JobTimedOut,
@@ -39,6 +38,7 @@ from app.ml.errors import DataError
 from app.services import dataset_files
 from app.services import datasets as datasets_service
 from app.services import registry as registry_service
+from app.services.job_events import add_event
 from app.services.jobs import PREDICTION_COLUMN, PROBABILITY_PREFIX
 from app.services.predictions import version_spec
 from app.serving.predictor import Predictor

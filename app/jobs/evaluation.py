@@ -19,7 +19,6 @@ from app.db.session import Database
 from app.enums import EventType, JobStatus
 from app.errors import NotFound
 from app.ids import new_id, utcnow
-from app.jobs.events import add_event
 from app.jobs.lifecycle import (
     JobCancelled,
     JobTimedOut,
@@ -38,6 +37,7 @@ from app.ml.errors import DataError
 from app.services import dataset_files
 from app.services import datasets as datasets_service
 from app.services import registry as registry_service
+from app.services.job_events import add_event
 from app.services.predictions import version_spec
 from app.serving.predictor import Predictor
 

@@ -14,7 +14,7 @@ from app.db.models import Job
 from app.db.session import Database
 from app.enums import EventType, JobStatus
 from app.ids import utcnow
-from app.jobs.events import add_event
+from app.services.job_events import add_event
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from app.db.models import Job, JobEvent
 from app.enums import EventType, JobStatus
 from app.ids import utcnow
-from app.jobs.events import add_event
+from app.services.job_events import add_event
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from app.db.models import Job
 from app.db.session import Database
 from app.enums import EventType
 from app.ids import utcnow
-from app.jobs.events import add_event
 from app.jobs.lifecycle import JobCancelled, JobTimedOut, WorkerContext, WorkerStopping
+from app.services.job_events import add_event
 
 # Progress is written at most this often (and at the last chunk): a chunk of a small model
 # takes milliseconds, and each write takes SQLite's one write lock.

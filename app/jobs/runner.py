@@ -14,7 +14,6 @@ from app.db.session import Database
 from app.enums import EventType, JobKind, JobStatus, Task, VersionKind
 from app.ids import utcnow
 from app.jobs import batch_prediction, evaluation, fine_tuning
-from app.jobs.events import add_event
 from app.jobs.lifecycle import (
     JobCancelled,
     JobTimedOut,
@@ -31,6 +30,7 @@ from app.ml.errors import DataError
 from app.services import datasets as datasets_service
 from app.services import registry as registry_service
 from app.services import work_estimate
+from app.services.job_events import add_event
 
 log = logging.getLogger(__name__)
 

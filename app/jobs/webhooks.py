@@ -1,7 +1,7 @@
 """Webhooks on job end: an outbox row written with the job's final status, delivered by the
 workers with a signature, retried with backoff, every attempt kept on the row.
 
-The row is written in the transaction that ends the job (`add_event` of a final status), so
+The row is written in the transaction that ends the job (app/services/webhook_outbox.py), so
 a webhook is owed exactly when the job has ended, whatever ended it (a worker, a cancel, the
 sweep of a lost worker). Workers deliver after each job and on every sweep; a delivery is
 claimed with a lease (a conditional UPDATE), so two workers never send it at once and one
@@ -13,131 +13,40 @@ The receiver checks `Graft-Signature: v1=<hex>`, HMAC-SHA256 with GRAFT_WEBHOOK_
 
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import random
-import socket
 import time
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy import or_, select, update
-from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.db.models import Job, WebhookDelivery
+from app.db.models import WebhookDelivery
 from app.db.session import Database
 from app.ids import utcnow
+from app.services.webhook_outbox import (
+    DELIVERED,
+    DELIVERING,
+    FAILED,
+    PENDING,
+    UnsafeTarget,
+    check_url,
+)
 
 log = logging.getLogger(__name__)
 
-PENDING, DELIVERING, DELIVERED, FAILED = "pending", "delivering", "delivered", "failed"
 # A deliverer holds a delivery this long; past it, the delivery is anyone's again.
 LEASE_SECONDS = 120
 # Attempts kept on the row, newest last.
 KEPT_ATTEMPTS = 20
 
 
-class UnsafeTarget(ValueError):
-    """The URL points somewhere a server must not be made to call (SSRF)."""
-
-
 def signature(secret: str, timestamp: int, body: bytes) -> str:
     digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
     return f"v1={digest.hexdigest()}"
-
-
-def _refused_address(address: str) -> bool:
-    ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return (
-        ip.is_private
-        or ip.is_loopback
-        or ip.is_link_local
-        or ip.is_multicast
-        or ip.is_reserved
-        or ip.is_unspecified
-    )
-
-
-def check_url(url: str, *, allow_private: bool, resolve: bool) -> None:
-    """http(s) with a host; unless private targets are allowed, no loopback, private,
-    link-local (cloud metadata), multicast or reserved address — checked on the literal
-    address at submission, and on every address the name resolves to before each send."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UnsafeTarget(f"webhook_url {url!r}: expected an http or https URL with a host")
-    if allow_private:
-        return
-    host = parts.hostname
-    if host == "localhost" or host.endswith(".localhost"):
-        raise UnsafeTarget(f"webhook_url {url!r} points at this machine")
-    try:
-        literal = ipaddress.ip_address(host)
-    except ValueError:
-        literal = None
-    if literal is not None:
-        if _refused_address(str(literal)):
-            raise UnsafeTarget(f"webhook_url {url!r} is a private or local address")
-        return
-    if not resolve:
-        return
-    try:
-        infos = socket.getaddrinfo(host, parts.port or (443 if parts.scheme == "https" else 80))
-    except OSError as exc:
-        raise UnsafeTarget(f"webhook_url host {host!r} does not resolve ({exc})") from exc
-    for info in infos:
-        if _refused_address(str(info[4][0])):
-            raise UnsafeTarget(f"webhook_url host {host!r} resolves to a private or local address")
-
-
-def owe(session: Session, job_id: str, status: str) -> None:
-    """Queue the webhook of a job that has just ended, if it asked for one (same
-    transaction as its final status)."""
-    url = session.scalar(select(Job.webhook_url).where(Job.id == job_id))
-    if not url:
-        return
-    job = session.get(Job, job_id)
-    assert job is not None
-    now = utcnow()
-    payload = {
-        "type": f"job.{status}",
-        "job": {
-            "id": job.id,
-            "kind": job.kind,
-            "status": status,
-            "model_name": job.model_name,
-            "result": (
-                {"model_name": job.result_model_name, "version": job.result_version}
-                if job.result_model_name is not None
-                else None
-            ),
-            "error": (
-                {"code": job.error_code, "message": job.error_message or ""}
-                if job.error_code is not None
-                else None
-            ),
-            "tags": job.tags or {},
-        },
-        "created_at": now.isoformat().replace("+00:00", "Z"),
-    }
-    session.add(
-        WebhookDelivery(
-            job_id=job_id,
-            url=url,
-            event=f"job.{status}",
-            payload=payload,
-            status=PENDING,
-            attempts=0,
-            next_attempt_at=now,
-            attempt_log=[],
-            created_at=now,
-        )
-    )
 
 
 def deliver_due(

@@ -13,12 +13,19 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db.base import Base
-from app.db.models import ApiKey, Dataset, Job, JobEvent, JobTally, ModelVersion
+from app.db.models import (
+    ApiKey,
+    Dataset,
+    Job,
+    JobEvent,
+    JobTally,
+    ModelVersion,
+    WebhookDelivery,
+)
 from app.db.session import Database
 from app.enums import EventType, JobKind, JobStatus, Task
 from app.errors import Conflict, Invalid, NotFound, TooManyRequests
 from app.ids import new_id, utcnow
-from app.jobs.events import add_event
 from app.ml.transfer import registry as strategies
 from app.schemas.jobs import (
     BatchPredictionCreate,
@@ -29,6 +36,7 @@ from app.schemas.jobs import (
 from app.services import datasets as datasets_service
 from app.services import image_jobs, metadata, work_estimate
 from app.services import registry as registry_service
+from app.services.job_events import add_event
 from app.services.locking import lock_rows, needs_row_locks
 from app.services.pagination import paginate
 
@@ -722,6 +730,12 @@ def _reread(session: Session, job_id: str) -> Job:
     if job is None:
         raise NotFound("job_not_found", f"no job with id {job_id!r}")
     return job
+
+
+def webhook_deliveries(session: Session, job_id: str) -> list[WebhookDelivery]:
+    """A job's webhook deliveries with their attempts, oldest first."""
+    query = select(WebhookDelivery).where(WebhookDelivery.job_id == job_id)
+    return list(session.scalars(query.order_by(WebhookDelivery.id)))
 
 
 def list_events(

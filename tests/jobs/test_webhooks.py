@@ -18,6 +18,7 @@ from app.config import Settings
 from app.db.session import Database
 from app.jobs import webhooks
 from app.main import create_app
+from app.services import webhook_outbox
 from tests.helpers import FAST, assert_problem, builtin, run_pending_jobs
 
 pytestmark = pytest.mark.postgres
@@ -212,12 +213,12 @@ def test_no_webhook_without_a_secret_or_to_a_private_address(
 
 def test_the_address_check_at_send_time() -> None:
     for url in ("http://127.0.0.1/x", "http://[::ffff:127.0.0.1]/x", "http://192.168.1.1/x"):
-        with pytest.raises(webhooks.UnsafeTarget):
-            webhooks.check_url(url, allow_private=False, resolve=True)
-    with pytest.raises(webhooks.UnsafeTarget, match="does not resolve"):
-        webhooks.check_url("http://no-such-host.invalid/x", allow_private=False, resolve=True)
-    webhooks.check_url("http://93.184.216.34/x", allow_private=False, resolve=True)
-    webhooks.check_url("http://127.0.0.1/x", allow_private=True, resolve=True)
+        with pytest.raises(webhook_outbox.UnsafeTarget):
+            webhook_outbox.check_url(url, allow_private=False, resolve=True)
+    with pytest.raises(webhook_outbox.UnsafeTarget, match="does not resolve"):
+        webhook_outbox.check_url("http://no-such-host.invalid/x", allow_private=False, resolve=True)
+    webhook_outbox.check_url("http://93.184.216.34/x", allow_private=False, resolve=True)
+    webhook_outbox.check_url("http://127.0.0.1/x", allow_private=True, resolve=True)
 
 
 def test_a_sweep_spends_at_most_its_budget(

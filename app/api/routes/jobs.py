@@ -2,11 +2,10 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 from functools import partial
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -20,11 +19,9 @@ from app.api.deps import (
     TagQuery,
 )
 from app.config import Settings
-from app.db.models import Job, WebhookDelivery
 from app.enums import JobKind, JobStatus
 from app.errors import Invalid
 from app.ids import utcnow
-from app.jobs import webhooks
 from app.schemas.common import MAX_INT32, Page, problem_responses
 from app.schemas.jobs import (
     BatchPredictionCreate,
@@ -37,8 +34,13 @@ from app.schemas.jobs import (
 )
 from app.schemas.metadata import MetadataPatch
 from app.services import jobs as jobs_service
-from app.services import metadata
+from app.services import metadata, webhook_outbox
 from app.services.work_estimate import Limits
+
+if TYPE_CHECKING:
+    # Types only: the API reaches the ORM through the services.
+    from app.db.models import Job
+
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -52,7 +54,7 @@ IdempotencyKey = Annotated[
 ]
 
 
-def _progress(job: Job) -> dict[str, Any]:
+def _progress(job: "Job") -> dict[str, Any]:
     """Stored epoch counters plus times computed now, so they never go stale between epochs."""
     stored = job.progress or {}
     progress: dict[str, Any] = {"epoch": stored.get("epoch", 0), "epochs": stored.get("epochs", 0)}
@@ -74,7 +76,7 @@ def _progress(job: Job) -> dict[str, Any]:
     return progress
 
 
-def to_read(job: Job) -> JobRead:
+def to_read(job: "Job") -> JobRead:
     result = None
     if job.result_model_name is not None and job.result_version is not None:
         result = {"model_name": job.result_model_name, "version": job.result_version}
@@ -163,8 +165,8 @@ def _check_webhook(settings: Settings, url: str | None) -> None:
             "webhook_url or ask its operator",
         )
     try:
-        webhooks.check_url(url, allow_private=settings.webhook_allow_private, resolve=False)
-    except webhooks.UnsafeTarget as exc:
+        webhook_outbox.check_url(url, allow_private=settings.webhook_allow_private, resolve=False)
+    except webhook_outbox.UnsafeTarget as exc:
         raise Invalid("webhook_url_refused", str(exc)) from exc
 
 
@@ -294,11 +296,7 @@ def get_job(session: ReadSessionDep, job_id: str) -> JobRead:
     job = jobs_service.get(session, job_id)
     read = to_read(job)
     if job.webhook_url is not None:
-        deliveries = session.scalars(
-            select(WebhookDelivery)
-            .where(WebhookDelivery.job_id == job_id)
-            .order_by(WebhookDelivery.id)
-        )
+        deliveries = jobs_service.webhook_deliveries(session, job_id)
         read.webhook_deliveries = [WebhookDeliveryRead.model_validate(d) for d in deliveries]
     return read
 

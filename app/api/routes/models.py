@@ -1,4 +1,4 @@
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Response, status
 from sqlalchemy.orm import Session
@@ -11,7 +11,6 @@ from app.api.deps import (
     SessionDep,
     TagQuery,
 )
-from app.db.models import ModelVersion, RegisteredModel
 from app.schemas.common import MAX_INT32, Page, problem_responses
 from app.schemas.jobs import ALIAS_PATTERN
 from app.schemas.metadata import MetadataPatch
@@ -26,6 +25,11 @@ from app.services import exports as exports_service
 from app.services import metadata
 from app.services import registry as registry_service
 
+if TYPE_CHECKING:
+    # Types only: the API reaches the ORM through the services.
+    from app.db.models import ModelVersion, RegisteredModel
+
+
 router = APIRouter(prefix="/models", tags=["models"])
 
 AliasPath = Annotated[
@@ -34,7 +38,7 @@ AliasPath = Annotated[
 VersionPath = Annotated[int, Path(ge=1, le=MAX_INT32)]
 
 
-def models_to_read(session: Session, models: list[RegisteredModel]) -> list[RegisteredModelRead]:
+def models_to_read(session: Session, models: list["RegisteredModel"]) -> list[RegisteredModelRead]:
     summaries = registry_service.model_summaries(session, [model.name for model in models])
     return [
         RegisteredModelRead(
@@ -49,7 +53,7 @@ def models_to_read(session: Session, models: list[RegisteredModel]) -> list[Regi
     ]
 
 
-def versions_to_read(session: Session, versions: list[ModelVersion]) -> list[ModelVersionRead]:
+def versions_to_read(session: Session, versions: list["ModelVersion"]) -> list[ModelVersionRead]:
     """A page of one model's versions, with their aliases read in one query."""
     if not versions:
         return []
@@ -59,7 +63,7 @@ def versions_to_read(session: Session, versions: list[ModelVersion]) -> list[Mod
     return [version_to_read(version, aliases[version.version]) for version in versions]
 
 
-def version_to_read(version: ModelVersion, aliases: list[str]) -> ModelVersionRead:
+def version_to_read(version: "ModelVersion", aliases: list[str]) -> ModelVersionRead:
     parent = None
     if version.parent_name is not None and version.parent_version is not None:
         parent = {"name": version.parent_name, "version": version.parent_version}

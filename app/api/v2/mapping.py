@@ -15,15 +15,21 @@ Outputs:
 - `probabilities` [N, C] FP32, classifiers only, columns in the order of `classes`.
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from app.api.v2.errors import V2Error
 from app.api.v2.tensors import NUMERIC_DTYPES, OutputTensor, Tensor
-from app.db.models import ModelVersion
 from app.schemas.v2 import ModelMetadata, TensorMetadata
+
+if TYPE_CHECKING:
+    # Types only: the API reaches the ORM through the services.
+    from app.db.models import ModelVersion
+
 
 MATRIX_INPUT = "input"
 PREDICTIONS = "predictions"

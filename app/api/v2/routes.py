@@ -8,20 +8,17 @@ the latest. Errors are `{"error": "..."}` (see errors.py).
 import asyncio
 import time
 import zlib
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 from starlette.responses import Response
 
 from app.api.routes.predictions import OFF_LOOP_BODY_BYTES
 from app.api.v2 import mapping
 from app.api.v2.errors import V2Error
 from app.api.v2.tensors import DecodedRequest, Tensor, decode_request, encode_response
-from app.db import migrate
-from app.db.models import ModelVersion
 from app.errors import AppError, NotFound
 from app.schemas.common import MAX_INT32
 from app.schemas.v2 import (
@@ -34,8 +31,13 @@ from app.schemas.v2 import (
     ServerMetadata,
     ServerReady,
 )
-from app.services import inference
+from app.services import inference, readiness
 from app.services.predictions import Prediction, PredictionService, ResolvedVersion
+
+if TYPE_CHECKING:
+    # Types only: the API reaches the ORM through the services.
+    from app.db.models import ModelVersion
+
 
 router = APIRouter(prefix="/v2", tags=["inference protocol (v2)"])
 
@@ -72,17 +74,9 @@ def server_ready(request: Request) -> Response:
 
     Worker processes are not required: inference never needs them.
     """
-    engine = request.app.state.database.engine
-    try:
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-        current = migrate.current_revision(engine)
-    except Exception:
-        return JSONResponse({"ready": False, "error": "the database is unreachable"}, 503)
-    head = migrate.head_revision()
-    if current != head:
-        message = f"the schema is at {current}, expected {head}: run `graft migrate`"
-        return JSONResponse({"ready": False, "error": message}, 503)
+    found = readiness.check(request.app.state, jobs=False)
+    if not found.ready:
+        return JSONResponse({"ready": False, "error": "; ".join(found.problems)}, 503)
     return JSONResponse({"ready": True})
 
 
@@ -117,7 +111,7 @@ def _metadata(request: Request, name: str, version: str | None) -> ModelMetadata
         return mapping.metadata(found, inference.version_numbers(session, name))
 
 
-def _resolve(session: Any, name: str, version: str | None) -> ModelVersion:
+def _resolve(session: Any, name: str, version: str | None) -> "ModelVersion":
     number = None if version is None else _version_number(name, version)
     try:
         return inference.resolve(session, name, number)
@@ -232,7 +226,7 @@ async def infer_version(
     return await _infer(request, body, name, version)
 
 
-def _find(state: Any, name: str, version: str | None) -> ModelVersion:
+def _find(state: Any, name: str, version: str | None) -> "ModelVersion":
     with state.database.read_scope() as session:
         return _resolve(session, name, version)
 
@@ -300,7 +294,7 @@ async def _infer(request: Request, body: bytes, name: str, version: str | None) 
 
 
 def _response(
-    found: ModelVersion,
+    found: "ModelVersion",
     result: dict[str, Any],
     wanted: list[str],
     binary: set[str],
@@ -321,7 +315,7 @@ async def _decoded(
 
 
 async def _predict_large(
-    service: PredictionService, found: ModelVersion, tensors: list[Tensor]
+    service: PredictionService, found: "ModelVersion", tensors: list[Tensor]
 ) -> tuple[Prediction, int]:
     """inference.predict_rows for a large request: through the same PredictionService,
     with the rows checked and encoded off the event loop, and a numeric matrix passed as

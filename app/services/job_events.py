@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 from app.db.models import Job, JobEvent
 from app.enums import EventType, JobStatus
 from app.ids import utcnow
-from app.jobs import webhooks
+from app.services import webhook_outbox
 
 
 def add_event(
@@ -35,7 +35,7 @@ def add_event(
     status = (data or {}).get("status")
     if event_type == EventType.STATUS and status in _FINAL:
         # Every way a job ends writes this event: the webhook it owes is queued with it.
-        webhooks.owe(session, job_id, str(status))
+        webhook_outbox.owe(session, job_id, str(status))
     session.flush()
     return event
 
