@@ -9,7 +9,8 @@ from starlette.datastructures import State
 
 from app.config import Settings
 from app.main import create_app
-from app.observability import Metrics, ModelCacheCollector
+from app.observability import Metrics
+from app.observability.collectors import ModelCacheCollector
 from tests.helpers import builtin
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]
@@ -214,9 +215,9 @@ def test_prediction_series_expose_what_prometheus_client_would() -> None:
     own counters and histograms fed the same observations."""
     from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-    from app import observability
+    from app.observability import series
 
-    ours = observability.PredictionSeries()
+    ours = series.PredictionSeries()
     reference = CollectorRegistry()
     labels = ["model", "version"]
     count = Counter("graft_predictions", "x", labels, registry=reference)
@@ -225,17 +226,17 @@ def test_prediction_series_expose_what_prometheus_client_would() -> None:
         "graft_prediction_duration_seconds",
         "x",
         labels,
-        buckets=observability._LATENCY_BUCKETS,
+        buckets=series.LATENCY_BUCKETS,
         registry=reference,
     )
     batch_rows = Histogram(
-        "graft_batch_rows", "x", labels, buckets=observability._ROW_BUCKETS, registry=reference
+        "graft_batch_rows", "x", labels, buckets=series.ROW_BUCKETS, registry=reference
     )
     batch_requests = Histogram(
         "graft_batch_requests",
         "x",
         labels,
-        buckets=observability._REQUEST_BUCKETS,
+        buckets=series.REQUEST_BUCKETS,
         registry=reference,
     )
     for model, version, n, seconds, requests in [
