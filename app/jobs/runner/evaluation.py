@@ -19,7 +19,7 @@ from app.db.session import Database
 from app.enums import EventType, JobStatus
 from app.errors import NotFound
 from app.ids import new_id, utcnow
-from app.jobs.lifecycle import (
+from app.jobs.runner.lifecycle import (
     JobCancelled,
     JobTimedOut,
     WorkerContext,
@@ -30,8 +30,8 @@ from app.jobs.lifecycle import (
     requeue,
     without_paths,
 )
-from app.jobs.memory import release_free_memory
-from app.jobs.row_progress import RowProgress
+from app.jobs.runner.memory import release_free_memory
+from app.jobs.runner.rows import RowProgress
 from app.ml import evaluation, frames, inputs, tabular
 from app.ml.errors import DataError
 from app.services import dataset_files

@@ -12,7 +12,7 @@ from app.db.models import Job
 from app.db.session import Database
 from app.enums import EventType
 from app.ids import utcnow
-from app.jobs.lifecycle import JobCancelled, JobTimedOut, WorkerContext, WorkerStopping
+from app.jobs.runner.lifecycle import JobCancelled, JobTimedOut, WorkerContext, WorkerStopping
 from app.services.job_events import add_event
 
 # Progress is written at most this often (and at the last chunk): a chunk of a small model

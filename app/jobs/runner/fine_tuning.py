@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sqlalchemy import select
 
-from app.db.models import Job
+from app.db.models import Job, ModelVersion
 from app.db.session import Database
 from app.enums import EventType, Task, VersionKind
 from app.errors import AppError
@@ -22,6 +23,7 @@ from app.ml import features, inputs, serialization, tabular, training, transfer
 from app.ml.errors import DataError
 from app.services import datasets as datasets_service
 from app.services import registry as registry_service
+from app.services import work_estimate
 
 log = logging.getLogger(__name__)
 
@@ -200,3 +202,17 @@ def load_rows(db: Database, dataset_id: str, target_column: str) -> tuple[Any, p
     with db.read_scope() as session:
         data = datasets_service.load_data(session, dataset_id)
     return data, inputs.labels(data, target_column)
+
+
+def check_classes(db: Database, job: Job, labels: pd.Series) -> None:
+    """The class cap of app/services/work_estimate.py on the base's and the target's classes."""
+    with db.read_scope() as session:
+        signature = session.scalar(
+            select(ModelVersion.signature).where(
+                ModelVersion.model_name == job.base_model_name,
+                ModelVersion.version == job.base_model_version,
+            )
+        )
+    classes = (signature or {}).get("classes")
+    if classes is not None:
+        work_estimate.check_class_count(work_estimate.merged_class_count(classes, labels))

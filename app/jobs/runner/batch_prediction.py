@@ -20,7 +20,7 @@ from app.db.models import Dataset, Job
 from app.db.session import Database
 from app.enums import EventType, JobStatus
 from app.ids import new_id, utcnow
-from app.jobs.lifecycle import (
+from app.jobs.runner.lifecycle import (
     JobCancelled,
     JobTimedOut,
     WorkerContext,
@@ -31,8 +31,8 @@ from app.jobs.lifecycle import (
     requeue,
     without_paths,
 )
-from app.jobs.memory import release_free_memory
-from app.jobs.row_progress import RowProgress
+from app.jobs.runner.memory import release_free_memory
+from app.jobs.runner.rows import RowProgress
 from app.ml import frames, inputs
 from app.ml.errors import DataError
 from app.services import dataset_files
