@@ -50,6 +50,11 @@ class Settings(BaseSettings):
         description="Memory an upload's decoded table or image arrays may take (bytes).",
     )
     model_cache_size: int = Field(16, ge=1, description="Loaded model versions kept in memory.")
+    predict_fast_lane: bool = Field(
+        True,
+        description="Answer predict requests without FastAPI's routing (app/api/fast_lane.py); "
+        "off, the route answers them, with the same results, a little slower.",
+    )
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"

@@ -17,11 +17,11 @@ from app.access_log import AccessLog
 from app.api import api_router
 from app.api.auth import AuthMiddleware, HostCheckMiddleware
 from app.api.docs import add_docs
+from app.api.fast_lane import PredictFastLane
 from app.api.limits import BodyLimitMiddleware
 from app.api.openapi import complete_openapi
 from app.api.problems import add_exception_handlers
 from app.api.routes import health
-from app.api.routes.predictions import PredictFastLane
 from app.api.v2.errors import scope_exception_handlers
 from app.api.v2.routes import router as v2_router
 from app.config import Settings, get_settings
@@ -192,8 +192,9 @@ def create_app(settings: Settings | None = None, *, runtime_dir: Path | None = N
         # `create_dataset_v1_datasets_post`.
         generate_unique_id_function=lambda route: route.name,
     )
-    # Added before the body limit, so the limit wraps it.
-    app.add_middleware(PredictFastLane)
+    # Added before the body limit, so the limit (and auth, and metrics) wrap it.
+    if settings.predict_fast_lane:
+        app.add_middleware(PredictFastLane)
     app.add_middleware(
         BodyLimitMiddleware,
         default_limit=settings.max_request_bytes,

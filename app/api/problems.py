@@ -120,8 +120,9 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     return errors
 
 
-async def _app_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, AppError)
+def app_error_response(request: Request, exc: AppError) -> JSONResponse:
+    """The problem document of an AppError: what the exception handler answers, and what
+    the predict fast lane answers for the same error."""
     return problem_response(
         exc.status_code,
         exc.code,
@@ -131,6 +132,11 @@ async def _app_error(request: Request, exc: Exception) -> JSONResponse:
         errors=exc.errors,
         headers=exc.headers,
     )
+
+
+async def _app_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AppError)
+    return app_error_response(request, exc)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

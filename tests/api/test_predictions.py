@@ -1,10 +1,31 @@
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
 import numpy as np
 import orjson
 import pytest
 from fastapi.testclient import TestClient
 
+from app.config import Settings
+from app.main import create_app
 from app.serving.dense import dense_instances
 from tests.helpers import STRATEGIES, assert_problem
+
+
+@pytest.fixture(params=[True, False], ids=["fast-lane", "route-only"])
+def trained_client(
+    request: pytest.FixtureRequest, tmp_path: Path, trained_template: Path
+) -> Iterator[TestClient]:
+    """Every predict test runs twice: through the fast lane (app/api/fast_lane.py) and with
+    it switched off, through the FastAPI route alone."""
+    data_dir = tmp_path / "trained"
+    data_dir.mkdir()
+    shutil.copy(trained_template, data_dir / "graft.db")
+    settings = Settings(data_dir=data_dir, workers=0, predict_fast_lane=request.param)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield client
+
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]
 VIRGINICA = [6.7, 3.0, 5.2, 2.3]

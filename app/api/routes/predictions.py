@@ -6,15 +6,10 @@ from typing import Any
 import numpy as np
 import orjson
 from fastapi import APIRouter, Request, Response
-from fastapi.routing import APIRoute
 from starlette.datastructures import QueryParams
-from starlette.requests import ClientDisconnect
-from starlette.routing import BaseRoute
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 
-from app.api.auth import scope_header
-from app.api.problems import problem_response
-from app.errors import AppError, Invalid, UnsupportedMediaType
+from app.errors import Invalid, UnsupportedMediaType
 from app.observability import Metrics
 from app.schemas.common import MAX_INT32, problem_responses
 from app.schemas.jobs import ALIAS_PATTERN
@@ -95,7 +90,7 @@ async def predict_content(
     content_type: str | None,
     read_body: Callable[[], Awaitable[bytes]],
 ) -> bytes:
-    """The predict route's work, shared by the FastAPI route and PredictFastLane: the JSON
+    """The predict route's work, shared by the FastAPI route and the fast lane: the JSON
     response body, or an AppError.
 
     Predictions are the hot path, so this does by hand what FastAPI would do: it reads the
@@ -118,7 +113,7 @@ async def predict_content(
     else:
         matrix, body = _parsed(raw, max_rows, False)
     resolved = await service.resolve(name, version=version, alias=alias)
-    # For request metrics by model version (see PredictFastLane).
+    # For request metrics by model version (see app/api/fast_lane.py).
     scope.setdefault("state", {})["model_version"] = resolved
     result = None
     if matrix is not None:
@@ -169,108 +164,6 @@ def _parsed(
     if large:
         return None, parse_large_predict_body(raw, max_rows)
     return None, parse_predict_body(raw, max_rows)
-
-
-class PredictFastLane:
-    """ASGI middleware that sends `POST /v1/models/{name}/predict` straight to handle_predict.
-
-    FastAPI's routing and dependency solving cost about as much per request as the whole
-    prediction of a small model; this lane skips them for the one route where that matters.
-    Errors come out as the same problem+json documents the exception handlers write (an
-    unexpected error still reaches the app's 500 handler). Other requests, and the route's
-    OpenAPI description, are FastAPI's. Requests through the lane carry `scope["route"]`
-    (the FastAPI route) and `scope["state"]["model_version"]` (a ResolvedVersion) for
-    middleware that records metrics.
-    """
-
-    def __init__(self, app: ASGIApp, prefix: str = "/v1/models/") -> None:
-        self.app = app
-        self.prefix = prefix
-        self._route: BaseRoute | None = None
-        self._searched = False
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        name = self._model_name(scope)
-        if name is None:
-            await self.app(scope, receive, send)
-            return
-        scope["route"] = self._predict_route(scope)
-        scope["path_params"] = {"name": name}
-        content_type = scope_header(scope, b"content-type")
-        try:
-            content = await predict_content(
-                scope,
-                name,
-                None if content_type is None else content_type.decode("latin-1"),
-                lambda: _read_body(receive),
-            )
-        except AppError as exc:
-            response = problem_response(
-                exc.status_code,
-                exc.code,
-                exc.title,
-                exc.detail,
-                request=Request(scope, receive),
-                errors=exc.errors,
-                headers=exc.headers,
-            )
-            await response(scope, receive, send)
-            return
-        # What Response(content, media_type="application/json") sends, without building one.
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-length", str(len(content)).encode()),
-                    (b"content-type", b"application/json"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": content})
-
-    def _model_name(self, scope: Scope) -> str | None:
-        if scope["type"] != "http" or scope["method"] != "POST":
-            return None
-        path: str = scope["path"]
-        root = scope.get("root_path", "")
-        if root and path.startswith(root):
-            path = path[len(root) :]
-        if not (path.startswith(self.prefix) and path.endswith("/predict")):
-            return None
-        name = path[len(self.prefix) : -len("/predict")]
-        return name if name and "/" not in name else None
-
-    def _predict_route(self, scope: Scope) -> BaseRoute | None:
-        if not self._searched:
-            self._route = _find_route(scope["app"].routes)
-            self._searched = True
-        return self._route
-
-
-async def _read_body(receive: Receive) -> bytes:
-    """The whole request body, as Request.body() reads it, without a Request."""
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-def _find_route(routes: list[Any]) -> BaseRoute | None:
-    for route in routes:
-        if isinstance(route, APIRoute) and route.endpoint is predict:
-            return route
-        # Included routers: FastAPI keeps the original router behind a wrapper.
-        nested = getattr(getattr(route, "original_router", route), "routes", None)
-        if isinstance(nested, list) and nested is not routes:
-            found = _find_route(nested)
-            if found is not None:
-                return found
-    return None
 
 
 def _selector(query_string: bytes) -> tuple[int | None, str | None]:
