@@ -3,8 +3,9 @@ dependency solving, which cost about as much per request as the whole prediction
 model. GRAFT_PREDICT_FAST_LANE=false turns it off; the route then answers alone.
 
 Nothing here decides differently from the route:
-- which requests it takes is decided by the predict route object itself (`route.matches`,
-  the path pattern and method FastAPI would match), not by a path comparison of its own;
+- which requests it takes is decided by the object FastAPI's router matches the predict
+  route with (its `matches`: the full path pattern and the method), not by a path
+  comparison of its own;
 - it sits inside every other middleware (host check, auth and scope, rate limits, the body
   limit, metrics and the access log), so they have judged the request before it gets here;
 - the work is the route's own function (`predict_content`), and an error becomes the
@@ -32,7 +33,7 @@ class PredictFastLane:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self._route: APIRoute | None = None
+        self._matcher: _Matcher | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         matched = self._match(scope)
@@ -69,27 +70,41 @@ class PredictFastLane:
     def _match(self, scope: Scope) -> dict[str, Any] | None:
         if scope["type"] != "http" or scope["method"] != "POST":
             return None
-        route = self._route or self._find(scope["app"])
-        if route is None:
+        matcher = self._matcher or self._find(scope["app"])
+        if matcher is None:
             return None
-        match, child = route.matches(scope)
-        return dict(child) if match is Match.FULL else None
+        match, child = matcher.matches(scope)
+        if match is not Match.FULL:
+            return None
+        return {**child, "route": matcher.route}
 
-    def _find(self, app: FastAPI) -> APIRoute | None:
-        self._route = _predict_route(app.routes)
-        return self._route
+    def _find(self, app: FastAPI) -> "_Matcher | None":
+        self._matcher = _predict_matcher(app.routes)
+        return self._matcher
 
 
-def _predict_route(routes: list[BaseRoute]) -> APIRoute | None:
+class _Matcher:
+    """The object FastAPI's router matches the predict route with, and the route itself."""
+
+    def __init__(self, matching: Any, route: APIRoute) -> None:
+        self.matches = matching.matches
+        self.route = route
+
+
+def _predict_matcher(routes: list[BaseRoute]) -> _Matcher | None:
     for route in routes:
         if isinstance(route, APIRoute) and route.endpoint is predict:
-            return route
-        # Included routers: FastAPI keeps the original router behind a wrapper.
-        nested = getattr(getattr(route, "original_router", route), "routes", None)
-        if isinstance(nested, list) and nested is not routes:
-            found = _predict_route(nested)
-            if found is not None:
-                return found
+            return _Matcher(route, route)
+        # FastAPI 0.160 and later keep an included router behind a wrapper, and match its
+        # routes through "effective route contexts" that hold the full path (prefixes and
+        # all): the lane matches with the same context the router would.
+        contexts = getattr(route, "effective_route_contexts", None)
+        if contexts is None:
+            continue
+        for context in contexts():
+            original = getattr(context, "original_route", None)
+            if isinstance(original, APIRoute) and original.endpoint is predict:
+                return _Matcher(context, original)
     return None
 
 

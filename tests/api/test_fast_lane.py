@@ -120,16 +120,22 @@ def test_the_lane_sits_behind_auth_and_the_body_limit(
     assert answers[0][0] == 413
 
 
-def test_the_lane_is_used_when_on(both: tuple[TestClient, TestClient]) -> None:
+def test_the_lane_takes_predict_requests_when_on_and_none_when_off(
+    both: tuple[TestClient, TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.api import fast_lane
+
+    taken: list[str] = []
+    work = fast_lane.predict_content
+
+    async def counted(scope: Any, *args: Any) -> bytes:
+        taken.append(scope["path"])
+        return await work(scope, *args)
+
+    monkeypatch.setattr(fast_lane, "predict_content", counted)
     lane, route = both
-    from app.api.fast_lane import PredictFastLane
-
-    def has_lane(client: TestClient) -> bool:
-        stack = client.app.middleware_stack  # type: ignore[attr-defined]
-        while stack is not None:
-            if isinstance(stack, PredictFastLane):
-                return True
-            stack = getattr(stack, "app", None)
-        return False
-
-    assert has_lane(lane) and not has_lane(route)
+    for client in (lane, route):
+        assert client.post(IRIS, content=ROW, headers=JSON).status_code == 200
+        # Not the predict route: the router's, whichever app.
+        assert client.post("/v1/models/iris-source/versions", content=ROW).status_code == 405
+    assert taken == [IRIS]
