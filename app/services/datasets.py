@@ -2,6 +2,7 @@
 
 import logging
 import unicodedata
+from collections.abc import Iterator
 from pathlib import PurePath
 from typing import Any, BinaryIO
 
@@ -11,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db.models import Dataset, Job
+from app.db.session import Database
 from app.enums import ACTIVE_JOB_STATUSES, DatasetFormat
 from app.errors import Conflict, Invalid, NotFound, UnsupportedMediaType
 from app.ids import new_id, utcnow
@@ -345,10 +347,36 @@ def delete(session: Session, dataset_id: str) -> None:
     session.flush()
 
 
+# Reading a stored dataset, the one way every reader does it: training (`load_data`, the
+# whole table), batch prediction and evaluation (`chunks`, a chunk of rows at a time from a
+# file read a piece at a time) and the preview (`chunks` in the caller's session).
+
+
 def load_data(session: Session, dataset_id: str) -> pd.DataFrame | images.ImageSet:
     """The dataset parsed from its stored file: a DataFrame, or an ImageSet for .npz images."""
     dataset = get(session, dataset_id)
     return _read(dataset_files.open_in(session, dataset.id, dataset.size_bytes), dataset.format)
+
+
+def chunks(
+    dataset: Dataset, rows: int, *, session: Session | None = None, database: Database | None = None
+) -> Iterator[pd.DataFrame]:
+    """A table's rows as DataFrames of at most `rows` rows, in order, decoded one at a time.
+
+    With `database`, each stored piece is read in a short transaction of its own (a reader
+    that takes minutes must not pin one snapshot); with `session`, in the caller's.
+    """
+    if dataset.format == DatasetFormat.NPZ:
+        raise Invalid(
+            "unsupported_dataset",
+            f"dataset {dataset.id} holds images; this reads tables (CSV, Parquet, JSON Lines)",
+        )
+    if database is not None:
+        stream = dataset_files.open_detached(database, dataset.id, dataset.size_bytes)
+    else:
+        assert session is not None
+        stream = dataset_files.open_in(session, dataset.id, dataset.size_bytes)
+    return frames.iter_frames(stream, dataset.format, rows)
 
 
 def _read(
@@ -370,14 +398,7 @@ def preview(session: Session, dataset_id: str, rows: int) -> dict[str, Any]:
     """The first `rows` rows (JSON-ready) and a summary of each column over the first
     PREVIEW_SUMMARY_ROWS rows: missing values, and min/mean/max or the most common values."""
     dataset = get(session, dataset_id)
-    if dataset.format == DatasetFormat.NPZ:
-        raise Invalid(
-            "unsupported_dataset",
-            f"dataset {dataset.id} holds images; a preview shows tables (its columns and "
-            "label counts are on GET /v1/datasets/{id})",
-        )
-    stream = dataset_files.open_in(session, dataset.id, dataset.size_bytes)
-    head = next(frames.iter_frames(stream, dataset.format, PREVIEW_SUMMARY_ROWS), pd.DataFrame())
+    head = next(chunks(dataset, PREVIEW_SUMMARY_ROWS, session=session), pd.DataFrame())
     return {
         "id": dataset.id,
         "columns": [str(name) for name in head.columns],

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from app.db import changes
-from app.services import predictions
+from app.services.registry import resolution
 
 SETOSA = [5.1, 3.5, 1.4, 0.2]
 
@@ -123,7 +123,7 @@ def test_a_rolled_back_change_is_not_announced(trained_client: TestClient) -> No
 
 
 def test_the_view_is_bounded(trained_client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(predictions, "MAX_REMEMBERED_RESOLUTIONS", 1)
+    monkeypatch.setattr(resolution, "MAX_REMEMBERED_RESOLUTIONS", 1)
     view = trained_client.app.state.predictions.registry_view  # type: ignore[attr-defined]
     served_version(trained_client)
     served_version(trained_client, "?version=1")

@@ -1,9 +1,9 @@
 """A batch prediction job: a stored dataset through a version, chunk by chunk, into a new
 dataset.
 
-Memory follows `chunk_rows`, not the dataset: the input is read a stored piece at a time
-(`dataset_files.open_detached`), decoded a chunk at a time (`frames.iter_frames`), and the
-result is written a piece at a time, each piece in a short transaction of its own. The
+Memory follows `chunk_rows`, not the dataset: the input is read a stored piece at a time and
+decoded a chunk at a time (`datasets.chunks`, the loader every reader uses), and the result
+is written a piece at a time, each piece in a short transaction of its own. The
 result's pieces stay invisible until the job's last transaction adds the dataset row and
 marks the job succeeded together; a run that ends any other way removes them.
 """
@@ -119,10 +119,9 @@ def run(db: Database, job_id: str, context: WorkerContext) -> JobStatus:
         result = ResultWriter(
             request["output_format"], request["id_columns"], predictor, request["probabilities"]
         )
-        stream = dataset_files.open_detached(db, source[0], source[2])
         done = 0
         feature_spec = predictor.spec.preprocessing["features"]
-        for chunk in frames.iter_frames(stream, source[1], request["chunk_rows"]):
+        for chunk in datasets_service.chunks(dataset, request["chunk_rows"], database=db):
             features = chunk.reindex(columns=predictor.input_names)
             try:
                 encoded = inputs.encode_features(feature_spec, features)

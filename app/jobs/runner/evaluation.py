@@ -32,9 +32,8 @@ from app.jobs.runner.lifecycle import (
 )
 from app.jobs.runner.memory import release_free_memory
 from app.jobs.runner.rows import RowProgress
-from app.ml import evaluation, frames, inputs, tabular
+from app.ml import evaluation, inputs, tabular
 from app.ml.errors import DataError
-from app.services import dataset_files
 from app.services import datasets as datasets_service
 from app.services import registry as registry_service
 from app.services.job_events import add_event
@@ -137,9 +136,8 @@ def run(db: Database, job_id: str, context: WorkerContext) -> JobStatus:
     progress = RowProgress(db, job_id, context, rows_total=source["rows"], time_limit=time_limit)
     try:
         scored = _load(db, request["pinned"])
-        stream = dataset_files.open_detached(db, source["id"], source["size"])
         done = 0
-        for chunk in frames.iter_frames(stream, source["format"], request["chunk_rows"]):
+        for chunk in datasets_service.chunks(dataset, request["chunk_rows"], database=db):
             for one in scored:
                 one.add(chunk, done)
             done += len(chunk)
