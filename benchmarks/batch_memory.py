@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     from app.schemas.datasets import BuiltinDatasetCreate
     from app.schemas.jobs import BatchPredictionCreate, EvaluationCreate, SourceTrainingCreate
     from app.services import datasets as datasets_service
+    from app.services import job_drafts, row_job_drafts
     from app.services import jobs as jobs_service
 
     sizes = [int(size) for size in args.rows.split(",")]
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                 "hyperparameters": {"epochs": 20},
             }
         )
-        jobs_service.submit(database, partial(jobs_service.draft_source_training, request=training))
+        jobs_service.submit(database, partial(job_drafts.draft_source_training, request=training))
         context = WorkerContext(worker_id=queue.make_worker_id())
         with database.session_scope() as session:
             job_id = queue.claim_next(session, context.worker_id)
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             path.unlink()
             kinds = {
                 "batch prediction": partial(
-                    jobs_service.draft_batch_prediction,
+                    row_job_drafts.draft_batch_prediction,
                     request=BatchPredictionCreate.model_validate(
                         {
                             "model": {"name": "bench"},
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                     ),
                 ),
                 "evaluation": partial(
-                    jobs_service.draft_evaluation,
+                    row_job_drafts.draft_evaluation,
                     request=EvaluationCreate.model_validate(
                         {"models": [{"name": "bench"}], "dataset_id": dataset_id}
                     ),

@@ -2,7 +2,12 @@
 
 Each command reads GRAFT_URL and GRAFT_API_KEY (or --url/--key), prints a table or, with
 --json, the API's JSON (one document, or one per line for streams and lists), and exits
-with a code a script can branch on (see `ExitCode`)."""
+with a code a script can branch on (see `ExitCode`).
+
+The command-line client's commands in one Typer app, grouped by noun (datasets, jobs,
+models); long because each command documents its options for `--help`. Batch prediction,
+evaluation and downloads are in scoring.py.
+"""
 
 import csv
 import json

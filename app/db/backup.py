@@ -1,4 +1,8 @@
-"""Consistent backups and restores of Graft's one database (SQLite backup API or pg_dump)."""
+"""Consistent backups and restores of Graft's one database (SQLite backup API or pg_dump).
+
+Two engines (SQLite's backup API, pg_dump/pg_restore) behind one command, with the
+refusals and checks both share; long because each refusal says what to do.
+"""
 
 import hashlib
 import logging

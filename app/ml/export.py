@@ -15,6 +15,9 @@ categorical column, named after it. The signature is in the file's metadata (`gr
 TorchScript: one scripted module, `forward(features, categorical)` with `categorical` a dict
 from column name to a list of strings (empty for a model without categorical columns); the
 signature is in the archive's extra file `graft.json`.
+
+ONNX and TorchScript share the folded preprocessing and the parity checks, so both
+formats live here.
 """
 
 import io

@@ -3,6 +3,9 @@
 Files are read from a binary file object (an upload's spooled file, or the stored bytes) and
 bounded while they decode (`DecodeLimits`): Parquet by its footer before any data page is read,
 CSV and JSON Lines chunk by chunk, so a file that expands far beyond its size is refused early.
+
+Three table formats decoded under the same bounds (DecodeLimits), so that a limit means
+the same thing whatever the file; long because each refusal names where and why.
 """
 
 import codecs

@@ -4,6 +4,9 @@ An image dataset is an .npz archive holding `X` (NxHxW or NxCxHxW numbers) and `
 or values), optionally `classes` (the full label space, in order). Images are kept as float32
 NxCxHxW; models read them flattened to Nx(C·H·W), so the training loop, the row splits and
 the strategies treat them like any other feature matrix.
+
+Everything about the .npz image format (reading under bounds, scaling, prediction
+inputs) in one place, as frames.py is for tables.
 """
 
 import io

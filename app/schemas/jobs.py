@@ -1,3 +1,11 @@
+"""Job requests and responses: every kind's request model with its bounds, the job and
+event read models.
+
+One module because the request models share their validators and bounded field types
+(architectures, hyperparameters, references to versions); long because every bound is
+stated here, in the schema, where the OpenAPI document reads it.
+"""
+
 from datetime import datetime
 from typing import Annotated, Any, Literal
 

@@ -1,4 +1,8 @@
-"""Dataset use cases: uploads, scikit-learn imports, schema inference, deletion."""
+"""Dataset use cases: uploads, scikit-learn imports, schema inference, deletion.
+
+Uploads, imports and the one dataset loader (whole, chunked, preview) together: they
+share the format detection, the decode limits and the stored file's layout.
+"""
 
 import logging
 import unicodedata

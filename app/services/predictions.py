@@ -3,6 +3,9 @@
 Every protocol (the /v1 predict route, an Open Inference Protocol route) goes through one
 `PredictionService`: `resolve` a name (and optional version or alias) to an immutable version,
 then `predict` rows in signature order (`instances`) or keyed by name (`records`).
+
+Longer than most: the hot path's steps (resolve, load once, check rows, batch, encode)
+are kept beside each other because their costs are tuned together (README, serving).
 """
 
 import asyncio

@@ -27,6 +27,9 @@ GRAFT_MAX_TRAINING_STEPS):
   target rows less one fold, then trains the final model (`auto`: the most expensive candidate,
   on every target row). `joint` trains on the source rows too: its steps count its rows in
   batches of batch_size. `linear` takes no optimizer steps (scikit-learn fits it).
+
+One module for every kind of job so that the three caps are estimated the same way for
+each; the estimate is pure arithmetic and reads top to bottom.
 """
 
 import math

@@ -20,8 +20,7 @@ from app.main import create_app
 from app.ml import architectures, frames, tabular, training
 from app.ml.errors import DataError
 from app.schemas.jobs import FineTuningCreate, SourceTrainingCreate
-from app.services import jobs as jobs_service
-from app.services import work_estimate
+from app.services import job_drafts, work_estimate
 from tests.helpers import assert_problem, builtin, csv_bytes, run_pending_jobs, train_source, upload
 
 SOURCE = "/v1/jobs/source-training"
@@ -249,7 +248,7 @@ class TestFeatureColumns:
             )
             started = time.perf_counter()
             with pytest.raises(Exception) as caught:
-                jobs_service._check_source_request(dataset, request)
+                job_drafts.check_source_request(dataset, request)
             return time.perf_counter() - started, str(caught.value)
 
         repeated, detail = timed([f"c{i % 5_000}" for i in range(50_000)])

@@ -11,7 +11,7 @@ from app.db.models import Job, JobEvent
 from app.db.session import Database
 from app.errors import Conflict, NotFound
 from app.schemas.jobs import FineTuningCreate, SourceTrainingCreate
-from app.services import datasets, registry
+from app.services import datasets, job_drafts, registry
 from app.services import jobs as jobs_service
 from tests.helpers import FAST, builtin, train_source
 
@@ -26,9 +26,9 @@ def jobs_written(database: Database) -> tuple[int, int]:
         )
 
 
-def draft(database: Database, drafting: Any) -> jobs_service.JobDraft:
+def draft(database: Database, drafting: Any) -> job_drafts.JobDraft:
     with database.read_scope() as session:
-        drafted: jobs_service.JobDraft = drafting(session)
+        drafted: job_drafts.JobDraft = drafting(session)
         return drafted
 
 
@@ -39,7 +39,7 @@ def test_a_dataset_deleted_after_the_draft_is_404_and_nothing_is_queued(
     request = SourceTrainingCreate.model_validate(
         {"dataset_id": dataset["id"], "target_column": "target", "model_name": "m"}
     )
-    drafted = draft(database, lambda s: jobs_service.draft_source_training(s, request))
+    drafted = draft(database, lambda s: job_drafts.draft_source_training(s, request))
     with database.session_scope() as session:
         datasets.delete(session, dataset["id"])
     before = jobs_written(database)
@@ -65,7 +65,7 @@ def test_a_base_version_deleted_after_the_draft_is_404(
             "hyperparameters": FAST,
         }
     )
-    drafted = draft(database, lambda s: jobs_service.draft_fine_tuning(s, request))
+    drafted = draft(database, lambda s: job_drafts.draft_fine_tuning(s, request))
     assert (drafted.base_model_name, drafted.base_model_version) == ("src", 1)
     with database.session_scope() as session:
         registry.delete_version(session, "src", 1)
@@ -92,7 +92,7 @@ def test_a_joint_source_deleted_after_the_draft_is_409(
             "hyperparameters": FAST,
         }
     )
-    drafted = draft(database, lambda s: jobs_service.draft_fine_tuning(s, request))
+    drafted = draft(database, lambda s: job_drafts.draft_fine_tuning(s, request))
     assert drafted.source_dataset_id == source["id"]
     with database.session_scope() as session:
         datasets.delete(session, source["id"])

@@ -1,3 +1,10 @@
+"""/v1/jobs: submit every kind of job, read, list, patch, cancel and delete them, and their
+events as pages or a live stream.
+
+One resource's routes in one module, as every /v1 resource has; long because jobs have the
+most operations (four kinds of submission and the event stream).
+"""
+
 import logging
 from collections.abc import Callable
 from datetime import datetime
@@ -33,8 +40,8 @@ from app.schemas.jobs import (
     WebhookDeliveryRead,
 )
 from app.schemas.metadata import MetadataPatch
+from app.services import job_drafts, metadata, row_job_drafts, webhook_outbox
 from app.services import jobs as jobs_service
-from app.services import metadata, webhook_outbox
 from app.services.work_estimate import Limits
 
 if TYPE_CHECKING:
@@ -118,7 +125,7 @@ log = logging.getLogger(__name__)
 
 async def _submit(
     request: Request,
-    draft: Callable[[Session], jobs_service.JobDraft],
+    draft: Callable[[Session], job_drafts.JobDraft],
     idempotency_key: str | None,
     key_id: str | None,
     webhook_url: str | None,
@@ -188,7 +195,7 @@ async def create_source_training_job(
     limits = Limits.from_settings(settings)
     return await _submit(
         request,
-        partial(jobs_service.draft_source_training, request=body, limits=limits),
+        partial(job_drafts.draft_source_training, request=body, limits=limits),
         idempotency_key,
         key_id,
         body.webhook_url,
@@ -213,7 +220,7 @@ async def create_fine_tuning_job(
     limits = Limits.from_settings(settings)
     return await _submit(
         request,
-        partial(jobs_service.draft_fine_tuning, request=body, limits=limits),
+        partial(job_drafts.draft_fine_tuning, request=body, limits=limits),
         idempotency_key,
         key_id,
         body.webhook_url,
@@ -238,7 +245,7 @@ async def create_batch_prediction_job(
     once the job has succeeded; download it from `/v1/datasets/{id}/content`."""
     return await _submit(
         request,
-        partial(jobs_service.draft_batch_prediction, request=body),
+        partial(row_job_drafts.draft_batch_prediction, request=body),
         idempotency_key,
         key_id,
         body.webhook_url,
@@ -265,7 +272,7 @@ async def create_evaluation_job(
     `GET /v1/models/{name}/compare`."""
     return await _submit(
         request,
-        partial(jobs_service.draft_evaluation, request=body),
+        partial(row_job_drafts.draft_evaluation, request=body),
         idempotency_key,
         key_id,
         body.webhook_url,

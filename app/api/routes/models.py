@@ -1,3 +1,9 @@
+"""/v1/models: registered models, their versions, weights, exports and aliases.
+
+One resource's routes in one module (the registry's), as every /v1 resource has; long
+because it has the most operations.
+"""
+
 from typing import TYPE_CHECKING, Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Response, status

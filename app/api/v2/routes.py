@@ -3,6 +3,8 @@
 Health, server and model metadata, readiness, and infer with JSON or binary tensor data.
 A model name without a version means the version /v1 would use: alias `production`, else
 the latest. Errors are `{"error": "..."}` (see errors.py).
+
+The protocol's routes in one module, in the order its specification lists them.
 """
 
 import asyncio

@@ -3,6 +3,9 @@
 An infer body is a JSON header, optionally followed by raw tensor bytes; the header's length
 then travels in `Inference-Header-Content-Length`. Binary tensors are little-endian and
 row-major; a BYTES tensor is each element's 4-byte little-endian length, then its bytes.
+
+One wire format (JSON and binary tensors, both directions) in one module: its rules
+are the protocol's and change together.
 """
 
 import json

@@ -39,8 +39,8 @@ from app.services import dataset_files
 from app.services import datasets as datasets_service
 from app.services import registry as registry_service
 from app.services.job_events import add_event
-from app.services.jobs import PREDICTION_COLUMN, PROBABILITY_PREFIX
 from app.services.predictions import version_spec
+from app.services.row_job_drafts import PREDICTION_COLUMN, PROBABILITY_PREFIX
 from app.serving.predictor import Predictor
 
 log = logging.getLogger(__name__)
