@@ -103,6 +103,7 @@ def main() -> int:
         from benchmarks._harness import temporary_postgres
 
         with temporary_postgres(args.postgres) as url:
+            assert url is not None
             measure(url, "PostgreSQL")
     return 0
 
