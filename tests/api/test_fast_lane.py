@@ -66,11 +66,15 @@ def _client(template: Path, folder: Path, fast_lane: bool) -> TestClient:
     return TestClient(create_app(settings), raise_server_exceptions=False)
 
 
-@pytest.fixture
-def both(tmp_path: Path, trained_template: Path) -> Iterator[tuple[TestClient, TestClient]]:
+@pytest.fixture(scope="module")
+def both(
+    tmp_path_factory: pytest.TempPathFactory, trained_template: Path
+) -> Iterator[tuple[TestClient, TestClient]]:
+    # One pair of apps for the module: every request below leaves the registry as it was.
+    folder = tmp_path_factory.mktemp("fast-lane")
     with (
-        _client(trained_template, tmp_path / "lane", True) as lane,
-        _client(trained_template, tmp_path / "route", False) as route,
+        _client(trained_template, folder / "lane", True) as lane,
+        _client(trained_template, folder / "route", False) as route,
     ):
         for client in (lane, route):
             client.headers["Authorization"] = f"Bearer {KEY}"

@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import pytest
@@ -265,10 +266,16 @@ def read_disk(data_dir: Path) -> OnDisk:
     try:
         integrity = connection.execute("PRAGMA integrity_check").fetchall()
         assert integrity == [("ok",)], f"PRAGMA integrity_check: {integrity}"
-        datasets = {
-            row[0]: (row[1], hashlib.sha256(row[2]).hexdigest())
-            for row in connection.execute("SELECT id, sha256, content FROM datasets")
-        }
+        digests: dict[str, Any] = {}
+        stored: dict[str, str] = {}
+        pieces = connection.execute(
+            "SELECT d.id, d.sha256, p.content FROM datasets d"
+            " JOIN dataset_parts p ON p.dataset_id = d.id ORDER BY d.id, p.seq"
+        )
+        for dataset_id, sha256, piece in pieces:
+            digests.setdefault(dataset_id, hashlib.sha256()).update(piece)
+            stored[dataset_id] = sha256
+        datasets = {key: (stored[key], digest.hexdigest()) for key, digest in digests.items()}
         jobs = {row[0] for row in connection.execute("SELECT id FROM jobs")}
         aliases = dict(
             connection.execute(
