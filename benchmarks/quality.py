@@ -150,6 +150,10 @@ def run_task(task: Task, seeds: int, epochs: int, log: Callable[[str], None]) ->
             keep_head=keep_head,
             source_x=source_x,
             source_y=source_y,
+            scalings={
+                "source": tabular.encoded_scaling(spec),
+                "target": tabular.encoded_scaling(refit),
+            },
         )
 
         settings = transfer.Settings(

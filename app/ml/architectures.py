@@ -188,7 +188,79 @@ def build_cnn(
     return CNN(nn.Sequential(*layers, *dense.trunk), dense.head, input_shape)
 
 
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"mlp": build_mlp, "cnn": build_cnn}
+class Ensemble(nn.Module):
+    """Several trained models served as one: the weighted mean of their class probabilities
+    (returned as log-probabilities, whose softmax is that mean) or of their regression outputs.
+
+    Each member may read its inputs on another scaling than the version's (`auto` blends
+    candidates trained on the source's and on the target's standardisation): member i reads
+    `x * input_scale[i] + input_shift[i]`, an exact per-input affine map between the two.
+    """
+
+    weights: torch.Tensor
+    input_scale: torch.Tensor
+    input_shift: torch.Tensor
+
+    def __init__(self, members: list[nn.Module], weights: list[float], combine: str, width: int):
+        super().__init__()
+        if combine not in ENSEMBLE_COMBINE:
+            raise ValueError(f"combine must be one of {ENSEMBLE_COMBINE}, got {combine!r}")
+        if not members or len(weights) != len(members) or min(weights) <= 0:
+            raise ValueError("an ensemble needs members and one positive weight for each")
+        self.members = nn.ModuleList(members)
+        self.combine = combine
+        total = float(sum(weights))
+        self.register_buffer("weights", torch.tensor([w / total for w in weights]))
+        self.register_buffer("input_scale", torch.ones(len(members), width))
+        self.register_buffer("input_shift", torch.zeros(len(members), width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total = torch.zeros(0)
+        for i, member in enumerate(self.members):
+            out = member(x * self.input_scale[i] + self.input_shift[i])
+            if self.combine == "probabilities":
+                out = torch.softmax(out, dim=1)
+            out = out * self.weights[i]
+            total = out if i == 0 else total + out
+        if self.combine == "probabilities":
+            # A log of 0 would be -inf, and softmax of a row holding one is NaN.
+            return torch.log(total.clamp_min(1e-30))
+        return total
+
+
+ENSEMBLE_COMBINE = ("probabilities", "mean")
+
+
+def build_ensemble(
+    input_dim: int,
+    output_dim: int,
+    *,
+    members: list[dict[str, Any]],
+    weights: list[float],
+    combine: str,
+) -> Ensemble:
+    """An `Ensemble` of the members' architectures (each with its own input and output
+    sizes, which must be the ensemble's), freshly initialised like every builder's model."""
+    _check_dims(input_dim, output_dim)
+    built = []
+    for member in members:
+        if member.get("type") == "ensemble":
+            raise ValueError("an ensemble's members cannot be ensembles")
+        built.append(
+            build_model(
+                member,
+                int(member.get("input_dim", input_dim)),
+                int(member.get("output_dim", output_dim)),
+            )
+        )
+    return Ensemble(built, weights, combine, input_dim)
+
+
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "mlp": build_mlp,
+    "cnn": build_cnn,
+    "ensemble": build_ensemble,
+}
 
 
 def build_model(architecture: dict[str, Any], input_dim: int, output_dim: int) -> nn.Module:

@@ -53,6 +53,15 @@ def shift_features(spec: dict[str, Any], x: np.ndarray) -> tuple[list[str], np.n
     return [f"input_{i}" for i in range(flat.shape[1])], flat
 
 
+def encoded_scaling(spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per encoded input, the (mean, std) of its standardisation, where the spec kind has one
+    per input (tabular); None otherwise. `auto` uses it to blend candidates that read the
+    source's and the target's scaling into one model."""
+    if spec_kind(spec) == "tabular":
+        return tabular.encoded_scaling(spec)
+    return None
+
+
 def encode(spec: dict[str, Any], data: Any) -> np.ndarray:
     """The model's input array for raw rows `data` (a frame or an image set), following a spec."""
     return inputs.encode_features(spec, data)

@@ -128,6 +128,21 @@ def scaled_columns(spec: dict[str, Any]) -> list[tuple[str, int]]:
     return found
 
 
+def encoded_scaling(spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Per encoded input, the (mean, std) that `transform_features` standardised it by (0 and 1
+    for one-hot inputs): an input read under one spec is `x * std + mean` in raw units."""
+    means: list[float] = []
+    stds: list[float] = []
+    for column in spec["columns"]:
+        if column["kind"] == "numeric":
+            means.append(float(column["mean"]))
+            stds.append(float(column["std"]))
+        else:
+            means.extend([0.0] * len(column["categories"]))
+            stds.extend([1.0] * len(column["categories"]))
+    return np.asarray(means, dtype=np.float64), np.asarray(stds, dtype=np.float64)
+
+
 def fit_target(series: pd.Series, task: str) -> dict[str, Any]:
     """Learn the class list (classification) or the mean and std (regression) of a target."""
     name = series.name

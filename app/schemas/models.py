@@ -61,14 +61,19 @@ class ModelVersionRead(Schema):
     dataset_id: str
     task: Task
     signature: Signature
-    architecture: dict[str, Any]
+    architecture: dict[str, Any] = Field(
+        description="How the network is built: `mlp` or `cnn`, or `ensemble` for a blend that "
+        "strategy auto chose (`members`, their `candidates`, `weights`, `combine`), served as "
+        "one model."
+    )
     hyperparameters: dict[str, Any]
     preprocessing: dict[str, Any]
     metrics: dict[str, Any]
     transfer_report: dict[str, Any] | None = Field(
         None,
         description="Fine-tuned versions: cross-validated score beside a target-only baseline "
-        "(transfer_gain), negative_transfer, and the source/target domain shift.",
+        "(transfer_gain), negative_transfer, the source/target domain shift, decided_by, and "
+        "the members of the delivered model (one candidate, or the blend auto chose).",
     )
     size_bytes: int
     sha256: str

@@ -189,17 +189,26 @@ class TestAuto:
         target_only = [c for c in selection["candidates"] if c["strategy"] in TARGET_ONLY]
         top = max(transfer, key=lambda c: c["selection_score"])
         floor = max(target_only, key=lambda c: c["selection_score"])
-        assert selection["best_transfer"] == top["candidate"]
-        assert selection["best_target_only"] == floor["candidate"]
+        # Each group's entry is its best, or the blend of its best and the candidates within
+        # noise of it, best first.
+        for entry, leader in (
+            (selection["best_transfer"], top),
+            (selection["best_target_only"], floor),
+        ):
+            assert entry == leader["candidate"] or entry.startswith(
+                f"blend of {leader['candidate']} + "
+            )
         threshold = max(
             selection["guard_standard_errors"] * selection["gain_standard_error"],
             selection["minimum_gain"],
         )
-        expected = top if selection["paired_gain"] > threshold else floor
-        assert selection["choice"] == expected["candidate"]
-        assert selection["rule"].startswith("transfer:" if expected is top else "target-only:")
+        transfer_won = selection["paired_gain"] > threshold
+        expected = selection["best_transfer" if transfer_won else "best_target_only"]
+        assert selection["choice"] == expected
+        assert selection["rule"].startswith("transfer:" if transfer_won else "target-only:")
         assert version["transfer_report"]["decided_by"] == selection["rule"]
-        assert version["strategy"] == by_name[selection["choice"]]["strategy"]
+        assert version["transfer_report"]["members"] == selection["members"]
+        assert version["strategy"] == by_name[selection["members"][0]]["strategy"]
         # Every candidate's score appeared as an event as it was computed.
         cv = [
             e
@@ -209,7 +218,7 @@ class TestAuto:
         assert {e["data"]["candidate"] for e in cv} == names
         # The chosen candidate is trained as a job naming it: a validation share of the 40 rows
         # picks the best epoch, except for the closed-form linear model.
-        closed_form = selection["choice"] == "linear/target"
+        closed_form = selection["members"][0] == "linear/target"
         expected_rows = (
             {"train": 40, "validation": 0} if closed_form else {"train": 32, "validation": 8}
         )
@@ -450,3 +459,81 @@ class TestValidation:
         assert version["transfer_report"]["score"] is None
         assert version["transfer_report"]["transfer_gain"] is None
         assert any("no transfer report" in e["message"] for e in events(client, job_id))
+
+
+class TestBlend:
+    """A blend that auto chooses is one version: served, exported and explained as one model,
+    and refused as a fine-tuning base with a reason."""
+
+    def test_a_blend_is_served_exported_and_refused_as_a_base(
+        self, client: TestClient, database: Database, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        import io
+        import json
+
+        import onnxruntime as ort
+        import torch
+
+        from app.ml.transfer import selection as selection_module
+
+        real_choose = selection_module.choose
+        members = ["parameter/source", "linear/target"]
+
+        def choose_a_blend(scores: Any, metric: str = "score", blender: Any = None) -> Any:
+            # The guard's own choice, replaced by a blend of a transfer candidate on the
+            # source's scaling and a target-only one on the target's.
+            choice = real_choose(scores, metric, blender)
+            by_name = {s.candidate.name: s for s in scores}
+            choice.chosen = blender([by_name[name] for name in members])
+            return choice
+
+        monkeypatch.setattr(selection_module, "choose", choose_a_blend)
+        _, target = source_and_target(client, database, shift=1.0)
+        job_id = fine_tune(client, target, "blend", "auto")
+        run_pending_jobs(database)
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        assert job["status"] == "succeeded", job
+        version = client.get("/v1/models/blend/versions/1").json()
+        assert version["architecture"]["type"] == "ensemble"
+        assert version["architecture"]["candidates"] == members
+        assert version["metrics"]["selection"]["members"] == members
+        assert version["transfer_report"]["members"] == members
+        assert version["strategy"] == "parameter"
+        assert any(
+            "blend member 2 of 2: linear/target" in e["message"] for e in events(client, job_id)
+        )
+
+        rows = np.array([[2.0, 0.5], [-2.0, -0.5], [0.3, 0.0], [40.0, -9.0]], dtype=np.float32)
+        answer = client.post("/v1/models/blend/predict", json={"instances": rows.tolist()})
+        assert answer.status_code == 200, answer.text
+        probabilities = np.array(answer.json()["probabilities"], dtype=np.float32)
+        assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+        exported = client.get("/v1/models/blend/versions/1/export", params={"format": "onnx"})
+        assert exported.status_code == 200, exported.text
+        onnx_probabilities, _ = ort.InferenceSession(exported.content).run(None, {"features": rows})
+        assert np.abs(onnx_probabilities - probabilities).max() <= 1e-5
+        scripted = client.get(
+            "/v1/models/blend/versions/1/export", params={"format": "torchscript"}
+        )
+        assert scripted.status_code == 200, scripted.text
+        files = {"graft.json": ""}
+        module = torch.jit.load(io.BytesIO(scripted.content), _extra_files=files)
+        assert json.loads(files["graft.json"])["model"] == "blend"
+        with torch.no_grad():
+            assert np.abs(module(torch.from_numpy(rows), {}).numpy() - probabilities).max() <= 1e-5
+
+        refused = client.post(
+            "/v1/jobs/fine-tuning",
+            json={
+                "base_model": {"name": "blend", "version": 1},
+                "dataset_id": target,
+                "target_column": "label",
+                "model_name": "from-blend",
+                "strategy": "parameter",
+                "hyperparameters": QUICK_CV,
+            },
+        )
+        problem = assert_problem(refused, 422, "base_is_ensemble")
+        assert "parameter/source, linear/target" in problem["detail"]
+        assert "src version 1" in problem["detail"]

@@ -143,6 +143,7 @@ def run(
         keep_head=keep_head,
         source_x=source.x,
         source_y=source.y,
+        scalings=_scalings(source_features, refit_features),
     )
 
     result = transfer.fine_tune(
@@ -177,6 +178,19 @@ def run(
         rows={"train": result.train_rows, "validation": result.validation_rows},
         extra_metrics=result.extra_metrics,
     )
+
+
+def _scalings(
+    source_features: dict[str, Any], refit_features: dict[str, Any]
+) -> dict[str, tuple[Any, Any]] | None:
+    """Each normalisation's per-input (mean, std), where the preprocessing has them."""
+    source, target = (
+        features.encoded_scaling(source_features),
+        features.encoded_scaling(refit_features),
+    )
+    if source is None or target is None:
+        return None
+    return {"source": source, "target": target}
 
 
 def _source_rows(

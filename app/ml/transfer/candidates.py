@@ -81,6 +81,10 @@ class TransferData:
     keep_head: bool
     source_x: np.ndarray | None = None
     source_y: np.ndarray | None = None
+    # Per normalisation, each encoded input's (mean, std) (`features.encoded_scaling`): what
+    # lets `auto` blend candidates that read different scalings into one model. None where
+    # the inputs have no such per-input scaling; blends then keep to one normalisation.
+    scalings: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
     # The frozen source trunk's output per normalisation, computed once for every candidate
     # and fold that reads it (see `source_features`).
     _features: dict[str, np.ndarray] = field(default_factory=dict, repr=False)

@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
-from app.ml import training
+from app.ml import architectures, training
 from app.ml.errors import DataError
 from app.ml.transfer import registry, selection
 from app.ml.transfer.candidates import (
@@ -177,34 +178,47 @@ def fine_tune(
                 {"phase": "cross_validation", "metric": metric, **score.as_dict()},
             )
 
+    def blender(members: list[selection.Score]) -> selection.Score:
+        if data.scalings is None:
+            # Without a per-input map between the scalings, one model reads one of them.
+            first = members[0].candidate.normalization
+            members = [m for m in members if m.candidate.normalization == first]
+        return selection.blend(members, task, data.y, splits)
+
     choice_info: selection.Choice | None = None
+    chosen: selection.Score | None = scores.get(candidates[0])
+    members = [candidates[0]]
     if chooses:
         choice_info = selection.choose(
-            [scores[c] for c in candidates], selection.selection_score_name(task)
+            [scores[c] for c in candidates], selection.selection_score_name(task), blender
         )
-        choice = choice_info.chosen.candidate
+        chosen = choice_info.chosen
+        members = [m.candidate for m in chosen.members] or [chosen.candidate]
         say(
             "log",
-            f"chose {choice.name} ({metric} {choice_info.chosen.mean:.4f} ± "
-            f"{choice_info.chosen.std:.4f}); {choice_info.rule}",
-            {"choice": choice.name, **choice_info.as_dict()},
+            f"chose {chosen.name} ({metric} {chosen.mean:.4f} ± {chosen.std:.4f}); "
+            f"{choice_info.rule}",
+            {"choice": chosen.name, **choice_info.as_dict()},
         )
-    else:
-        choice = candidates[0]
+    choice = members[0]
 
     # The final model is what a job naming the chosen candidate delivers: trained on the
     # target rows less a validation share whose loss picks the best epoch, exactly as each
-    # cross-validation fold trained it, so that its score estimates what is delivered.
+    # cross-validation fold trained it, so that its score estimates what is delivered. A
+    # blend delivers each member so trained, served as one model.
     train_idx, val_idx = holdout(
         choice, data, np.arange(len(data.y)), request.validation_fraction, settings.seed
     )
-    trained = train_candidate(
-        choice, data, settings, train_idx, val_idx, on_epoch=on_epoch, on_batch=on_batch
-    )
-    for note in trained.notes:
-        say("log", note)
+    if len(members) == 1:
+        trained = train_candidate(
+            choice, data, settings, train_idx, val_idx, on_epoch=on_epoch, on_batch=on_batch
+        )
+        for note in trained.notes:
+            say("log", note)
+    else:
+        trained = _train_blend(members, data, request, train_idx, val_idx, on_batch, say)
 
-    summary = _report(choice, scores, metric, folds, repeats, choice_info)
+    summary = _report(choice, chosen, scores, metric, folds, repeats, choice_info)
     if summary["negative_transfer"]:
         say(
             "warning",
@@ -235,27 +249,102 @@ def fine_tune(
     return Result(trained, choice, len(train_idx), len(val_idx), extra)
 
 
+def _train_blend(
+    members: list[Candidate],
+    data: TransferData,
+    request: Request,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    on_batch: Callable[[], None] | None,
+    say: Callable[..., None],
+) -> Trained:
+    """Each member trained as a job naming it trains it, then served as one `Ensemble` that
+    reads the first member's scaling and maps it to each other member's."""
+    primary = members[0].normalization
+    trained_members: list[Trained] = []
+    for position, member in enumerate(members, start=1):
+        say("log", f"training blend member {position} of {len(members)}: {member.name}")
+        fit_idx, fit_val = holdout(
+            member, data, np.arange(len(data.y)), request.validation_fraction, request.settings.seed
+        )
+        trained = train_candidate(
+            member, data, request.settings, fit_idx, fit_val, on_batch=on_batch
+        )
+        for note in trained.notes:
+            say("log", f"{member.name}: {note}")
+        trained_members.append(trained)
+    width = int(data.architecture["input_dim"])
+    combine = "probabilities" if data.task == "classification" else "mean"
+    model = architectures.Ensemble(
+        [t.model for t in trained_members], [1.0] * len(members), combine, width
+    )
+    for i, member in enumerate(members):
+        if member.normalization != primary:
+            scale, shift = _rescaling(data, primary, member.normalization)
+            model.input_scale[i] = torch.as_tensor(scale, dtype=torch.float32)
+            model.input_shift[i] = torch.as_tensor(shift, dtype=torch.float32)
+    model.eval()
+    architecture = {
+        "type": "ensemble",
+        "members": [t.architecture or data.architecture for t in trained_members],
+        "weights": [1.0] * len(members),
+        "combine": combine,
+        "candidates": [m.name for m in members],
+        "input_dim": width,
+        "output_dim": data.output_dim,
+    }
+    first = trained_members[0].result
+    x = data.x[primary]
+    metrics = {
+        "train": training.evaluate(model, x[train_idx], data.y[train_idx], data.target_spec),
+        "validation": (
+            training.evaluate(model, x[val_idx], data.y[val_idx], data.target_spec)
+            if len(val_idx)
+            else None
+        ),
+    }
+    result = training.TrainResult(
+        first.epochs_run, first.best_epoch, first.stopped_early, first.history, metrics
+    )
+    notes = [f"served as one model: the mean of {', '.join(m.name for m in members)}"]
+    return Trained(model, result, notes, architecture=architecture)
+
+
+def _rescaling(data: TransferData, source: str, target: str) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, shift) that turn inputs standardised as `source` into inputs standardised as
+    `target`: x_t = (x_s * std_s + mean_s - mean_t) / std_t."""
+    if data.scalings is None:
+        raise ValueError("blending normalisations needs the inputs' scalings")
+    mean_s, std_s = data.scalings[source]
+    mean_t, std_t = data.scalings[target]
+    return std_s / std_t, (mean_s - mean_t) / std_t
+
+
 def _report(
     choice: Candidate,
+    chosen: selection.Score | None,
     scores: dict[Candidate, selection.Score],
     metric: str,
     folds: int,
     repeats: int,
     choice_info: selection.Choice | None,
 ) -> dict[str, Any]:
-    chosen = scores.get(choice)
     base = scores.get(BASELINE)
     gain = chosen.mean - base.mean if chosen is not None and base is not None else None
+    uses_source = chosen.uses_source if chosen is not None else choice.uses_source
     return {
         "strategy": choice.strategy,
         "target_normalization": choice.normalization,
-        "uses_source": choice.uses_source,
+        "members": [m.candidate.name for m in (chosen.members or [chosen])]
+        if chosen is not None
+        else [choice.name],
+        "uses_source": uses_source,
         "metric": metric,
         "cv": {"folds": folds, "repeats": repeats} if chosen is not None else None,
         "score": _mean_std(chosen),
         "baseline": {"candidate": BASELINE.name, **(_mean_std(base) or {})} if base else None,
         "transfer_gain": gain,
-        "negative_transfer": bool(choice.uses_source and gain is not None and gain < 0),
+        "negative_transfer": bool(uses_source and gain is not None and gain < 0),
         "decided_by": choice_info.rule if choice_info is not None else None,
     }
 

@@ -1,12 +1,16 @@
 """Cross-validation on the target rows, and the guarded choice between candidates.
 
-The choice has two steps. Among the candidates that use the source, the highest mean score
-wins (ties to the simpler one). That winner then replaces the best target-only candidate only
-if its paired gain, split by split on the same splits, is larger than the noise of that gain:
-more than one standard error of the mean difference (the one-standard-error rule), and more
-than a negligible `MIN_TRANSFER_GAIN`. So
-transfer is delivered only when the target rows show that it helps, and `auto` does not
-trade a target-only model for a transfer one on noise.
+The choice has two steps. Each group of candidates (those that use the source, those that
+train on the target alone) is represented by its best candidate by mean score, blended with
+every candidate of the group whose paired shortfall from it is within one standard error:
+candidates the rows cannot tell apart are averaged (their class probabilities, or their
+regression outputs) into one entry, scored on the same splits from their out-of-fold
+predictions. The transfer entry then replaces the target-only one only if its paired gain,
+split by split, is larger than the noise of that gain: more than one standard error of the
+mean difference (the one-standard-error rule), and more than a negligible
+`MIN_TRANSFER_GAIN`. So transfer is delivered only when the target rows show that it helps,
+and `auto` does not trade a target-only model for a transfer one on noise. A chosen blend is
+delivered as one `Ensemble` model (see `plan.py`).
 
 Decided on the quality benchmark's tuning half (benchmarks/quality.py): comparing by the
 Brier score rather than accuracy or log-loss, and one standard error rather than none, half,
@@ -14,10 +18,12 @@ two or a corrected (Nadeau-Bengio) one, kept auto within reach of the best metho
 tuning tasks. So did training each fold as the delivered model is trained (a validation share
 picks the best epoch): fixed 100-epoch fits on all of a fold's rows ranked candidates by how
 little they overfit, not by what a job delivers (tuning half: 6 -> 7 of 11 within one std of
-the best, 1 -> 0 below target-only). Averaging the top candidates into one served ensemble
-was measured too and not adopted: no rule of that kind (the top 2, 3 or 5, greedy ensemble
-selection, the guard's two finalists) did better than 7 of 11, and most fell below
-target-only on a task.
+the best, 1 -> 0 below target-only). Blending each group's candidates within noise, instead
+of taking the simplest of them, took the tuning half from 7 to 8 of 11 with none below
+target-only, at a guard of 1 or 1.5 standard errors and a minimum gain of 0 or 0.005 alike
+(`benchmarks/auto_rules.py`); blends of a fixed top 3 or 5, of every candidate, stacking
+weights fitted to the out-of-fold predictions, and the guard over singles and blends together
+reached 4 to 7 of 11, each with at least one task below target-only.
 """
 
 import math
@@ -114,10 +120,24 @@ class Score:
     candidate: Candidate
     scores: list[float]
     selection: list[float] = field(default_factory=list)
+    # Out-of-fold predictions per split (what a blend of candidates averages).
+    predictions: list[np.ndarray] = field(default_factory=list, repr=False)
+    # A blend's members, best first (`candidate` is the first); empty for one candidate.
+    members: list["Score"] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.selection:
             self.selection = list(self.scores)
+
+    @property
+    def name(self) -> str:
+        if self.members:
+            return "blend of " + " + ".join(m.candidate.name for m in self.members)
+        return self.candidate.name
+
+    @property
+    def uses_source(self) -> bool:
+        return any(m.candidate.uses_source for m in self.members or [self])
 
     @property
     def mean(self) -> float:
@@ -132,8 +152,8 @@ class Score:
         return float(np.mean(self.selection))
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "candidate": self.candidate.name,
+        found = {
+            "candidate": self.name,
             "strategy": self.candidate.strategy,
             "target_normalization": self.candidate.normalization,
             "mean": self.mean,
@@ -141,6 +161,9 @@ class Score:
             "selection_score": self.selection_mean,
             "folds": len(self.scores),
         }
+        if self.members:
+            found["members"] = [m.candidate.name for m in self.members]
+        return found
 
 
 def score_name(task: str) -> str:
@@ -177,6 +200,71 @@ def fold_score(
     return score, score
 
 
+def out_of_fold(
+    candidate: Candidate,
+    data: TransferData,
+    settings: Settings,
+    splits: list[tuple[np.ndarray, np.ndarray]],
+    *,
+    validation_fraction: float = 0.2,
+    check: Callable[[], None] | None = None,
+) -> list[np.ndarray]:
+    """The candidate's predictions of each split's test rows, each fold trained as a job
+    naming the candidate trains on its rows.
+
+    A fold's training rows are split again into training and validation rows, and the
+    epoch with the lowest validation loss is kept, as a named job does; its predictions of
+    the fold's test rows, which took no part in that, show what such a job delivers. (Fixed
+    full-length fits overfit 20 noisy rows, and would rank the candidates by who overfits
+    least rather than by what the delivered model does.)
+    """
+    predictions: list[np.ndarray] = []
+    for train_idx, test_idx in splits:
+        if check is not None:
+            check()
+        fit_idx, val_idx = holdout(candidate, data, train_idx, validation_fraction, settings.seed)
+        trained = train_candidate(candidate, data, settings, fit_idx, val_idx)
+        x_test = data.x[candidate.normalization][test_idx]
+        predictions.append(training.predict_batch(trained.model, x_test, data.task))
+    return predictions
+
+
+def score_splits(
+    candidate: Candidate,
+    task: str,
+    y: np.ndarray,
+    splits: list[tuple[np.ndarray, np.ndarray]],
+    predictions: list[np.ndarray],
+) -> Score:
+    """The candidate's Score from its out-of-fold predictions on `splits`."""
+    scores: list[float] = []
+    selection: list[float] = []
+    for (_, test_idx), predicted in zip(splits, predictions, strict=True):
+        reported, chosen_by = fold_score(task, y[test_idx], predicted, y)
+        scores.append(reported)
+        selection.append(chosen_by)
+    return Score(candidate, scores, selection, list(predictions))
+
+
+def blend(
+    members: list[Score],
+    task: str,
+    y: np.ndarray,
+    splits: list[tuple[np.ndarray, np.ndarray]],
+) -> Score:
+    """The equal-weight blend of `members` (best first), scored on the same splits from the
+    mean of their out-of-fold predictions (class probabilities, or regression outputs)."""
+    if len(members) == 1:
+        return members[0]
+    predictions = [
+        np.mean([np.asarray(m.predictions[i], np.float64) for m in members], axis=0)
+        for i in range(len(splits))
+    ]
+    blended = score_splits(members[0].candidate, task, y, splits, predictions)
+    blended.members = list(members)
+    return blended
+
+
 def cross_validate(
     candidate: Candidate,
     data: TransferData,
@@ -186,28 +274,15 @@ def cross_validate(
     validation_fraction: float = 0.2,
     check: Callable[[], None] | None = None,
 ) -> Score:
-    """The candidate's held-out score on every split, each fold trained as a job naming the
-    candidate trains on its rows.
+    """The candidate's held-out score on every split (see `out_of_fold`)."""
+    predictions = out_of_fold(
+        candidate, data, settings, splits, validation_fraction=validation_fraction, check=check
+    )
+    return score_splits(candidate, data.task, data.y, splits, predictions)
 
-    A fold's training rows are split again into training and validation rows, and the
-    epoch with the lowest validation loss is kept, as a named job does; its score on the
-    fold's test rows, which took no part in that, estimates what such a job delivers. (Fixed
-    full-length fits overfit 20 noisy rows, and would rank the candidates by who overfits
-    least rather than by what the delivered model does.)
-    """
-    scores: list[float] = []
-    selection: list[float] = []
-    for train_idx, test_idx in splits:
-        if check is not None:
-            check()
-        fit_idx, val_idx = holdout(candidate, data, train_idx, validation_fraction, settings.seed)
-        trained = train_candidate(candidate, data, settings, fit_idx, val_idx)
-        x_test = data.x[candidate.normalization][test_idx]
-        predicted = training.predict_batch(trained.model, x_test, data.task)
-        reported, chosen_by = fold_score(data.task, data.y[test_idx], predicted, data.y)
-        scores.append(reported)
-        selection.append(chosen_by)
-    return Score(candidate, scores, selection)
+
+# Blends the candidates of a group that the rows cannot tell apart into one entry.
+Blender = Callable[[list[Score]], Score]
 
 
 @dataclass
@@ -224,11 +299,10 @@ class Choice:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "choice": self.chosen.candidate.name,
-            "best_transfer": self.best_transfer.candidate.name if self.best_transfer else None,
-            "best_target_only": (
-                self.best_target_only.candidate.name if self.best_target_only else None
-            ),
+            "choice": self.chosen.name,
+            "members": [m.candidate.name for m in self.chosen.members or [self.chosen]],
+            "best_transfer": self.best_transfer.name if self.best_transfer else None,
+            "best_target_only": self.best_target_only.name if self.best_target_only else None,
             "paired_gain": self.gain,
             "gain_standard_error": self.standard_error,
             "guard_standard_errors": GUARD_STANDARD_ERRORS,
@@ -256,22 +330,39 @@ def best(scores: list[Score]) -> Score:
     return min(scores, key=_rank)
 
 
+def within_noise(scores: list[Score]) -> list[Score]:
+    """The group's best and every candidate whose paired shortfall from it is within one
+    standard error of that shortfall, best first: the candidates these rows cannot tell apart.
+    """
+    top = best(scores)
+    close = [top]
+    for score in sorted(scores, key=_rank):
+        if score is not top:
+            shortfall, error = paired_gain(top, score)
+            if shortfall <= error:
+                close.append(score)
+    return close
+
+
 def simplest_within_noise(scores: list[Score]) -> Score:
     """The one-standard-error rule within a group: the simplest candidate whose paired
     shortfall from the group's best is within one standard error of it.
 
     On 10 to 40 rows the best mean is often ahead by noise alone, and which candidate that is
     changes with the draw; the simplest of those the data cannot tell apart is the steadier
-    pick (and the cheaper model).
+    pick (and the cheaper model). Where out-of-fold predictions can be blended, `choose`
+    blends those candidates instead (see the module's docstring).
     """
-    top = best(scores)
-    close = [top]
-    for score in scores:
-        if score is not top:
-            shortfall, error = paired_gain(top, score)
-            if shortfall <= error:
-                close.append(score)
+    close = within_noise(scores)
     return min(close, key=lambda score: (score.candidate.spec.simplicity, _rank(score)))
+
+
+def representative(scores: list[Score], blender: Blender | None) -> Score:
+    """A group's entry in the guard: the blend of the candidates within noise of its best, or,
+    without a blender, the simplest of them."""
+    if blender is None:
+        return simplest_within_noise(scores)
+    return blender(within_noise(scores))
 
 
 def paired_gain(better: Score, other: Score) -> tuple[float, float]:
@@ -288,9 +379,9 @@ def paired_gain(better: Score, other: Score) -> tuple[float, float]:
     return float(diff.mean()), float(diff.std(ddof=1) / math.sqrt(splits))
 
 
-def choose(scores: list[Score], metric: str = "score") -> Choice:
-    """The guarded choice: the best transfer candidate only when it beats the best
-    target-only one by more than the noise of the difference."""
+def choose(scores: list[Score], metric: str = "score", blender: Blender | None = None) -> Choice:
+    """The guarded choice: the transfer group's entry only when it beats the target-only
+    group's entry by more than the noise of the difference (see `representative`)."""
     transfer = [s for s in scores if s.candidate.uses_source]
     target_only = [s for s in scores if not s.candidate.uses_source]
     if not transfer or not target_only:
@@ -298,7 +389,8 @@ def choose(scores: list[Score], metric: str = "score") -> Choice:
         chosen = best(scores)
         rule = f"highest mean cross-validated {metric}"
         return Choice(chosen, None, None, None, None, rule, metric)
-    top_transfer, top_target = simplest_within_noise(transfer), simplest_within_noise(target_only)
+    top_transfer = representative(transfer, blender)
+    top_target = representative(target_only, blender)
     gain, error = paired_gain(top_transfer, top_target)
     noise = GUARD_STANDARD_ERRORS * error
     bar = (
@@ -308,14 +400,14 @@ def choose(scores: list[Score], metric: str = "score") -> Choice:
     )
     if gain > max(noise, MIN_TRANSFER_GAIN):
         rule = (
-            f"transfer: {top_transfer.candidate.name} beats the best target-only candidate "
-            f"{top_target.candidate.name} by {gain:+.4f} {metric} per split, more than {bar}"
+            f"transfer: {top_transfer.name} beats the best target-only entry "
+            f"{top_target.name} by {gain:+.4f} {metric} per split, more than {bar}"
         )
         chosen = top_transfer
     else:
         rule = (
-            f"target-only: the best transfer candidate {top_transfer.candidate.name} gains "
-            f"{gain:+.4f} {metric} per split over {top_target.candidate.name}, not more than "
+            f"target-only: the best transfer entry {top_transfer.name} gains "
+            f"{gain:+.4f} {metric} per split over {top_target.name}, not more than "
             f"{bar}"
         )
         chosen = top_target
