@@ -14,8 +14,11 @@ change counters, which is what lets each keep keys and aliases in memory.
 import logging
 import os
 import shutil
+import socket
+import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from app.config import Settings
 from app.db import changes
@@ -79,13 +82,63 @@ def serve(settings: Settings, *, processes: int, host: str, port: int) -> None:
         pool.start()
     log.info("serving on %s:%d with %d API processes", host, port, processes)
     try:
-        uvicorn.run(
-            "app.main:create_supervised_app",
-            factory=True,
-            workers=processes,
-            **options,  # type: ignore[arg-type]
-        )
+        if sys.platform == "linux" and hasattr(socket, "SO_REUSEPORT"):
+            from uvicorn.supervisors import Multiprocess
+
+            config = uvicorn.Config(
+                "app.main:create_supervised_app",
+                factory=True,
+                workers=processes,
+                **options,  # type: ignore[arg-type]
+            )
+            try:
+                listener = ReusePortListener.reserve(host, port)
+            except OSError as exc:
+                log.error("cannot listen on %s:%d: %s", host, port, exc)
+                raise SystemExit(3) from exc
+            log.info(
+                "Uvicorn running on http://%s:%d, one listening socket per process", host, port
+            )
+            Multiprocess(config, sockets=[listener]).run()
+        else:
+            # Elsewhere SO_REUSEPORT does not spread connections: one shared socket.
+            uvicorn.run(
+                "app.main:create_supervised_app",
+                factory=True,
+                workers=processes,
+                **options,  # type: ignore[arg-type]
+            )
     finally:
         if pool is not None:
             pool.stop()
         shutil.rmtree(runtime, ignore_errors=True)
+
+
+class ReusePortListener(socket.socket):
+    """A port reserved in the parent, opened anew in each API process that unpickles it.
+
+    uvicorn hands its workers the sockets it is given; they reach a spawned child pickled. A
+    plain socket arrives as a duplicate of the parent's, so every process accepts from one
+    queue, and accepts go in bursts to whichever process is awake (measured: 87 % and 30 % of
+    a core at 16 clients). This one unpickles as a new socket bound to the same address with
+    SO_REUSEPORT, so each process has a queue of its own and the kernel spreads connections
+    over them by their address hash. The parent's socket is bound, never listening: it holds
+    the port (and fails fast if it is taken) without taking connections itself.
+    """
+
+    @classmethod
+    def reserve(cls, host: str, port: int) -> "ReusePortListener":
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = cls(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        return sock
+
+    def __reduce__(self) -> tuple[Any, tuple[str, int]]:
+        host, port = self.getsockname()[:2]
+        return _listener_in_child, (host, port)
+
+
+def _listener_in_child(host: str, port: int) -> socket.socket:
+    return ReusePortListener.reserve(host, port)

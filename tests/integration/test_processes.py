@@ -142,3 +142,40 @@ def counter(exposition: str, series: str) -> float:
         if line.startswith(series + " "):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+def listening_sockets(server: LiveServer) -> dict[int, set[str]]:
+    """pid -> inodes of the sockets it holds that listen on the server's port."""
+    listening = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            port = int(fields[1].rsplit(":", 1)[1], 16)
+            if port == server.port and fields[3] == "0A":  # TCP_LISTEN
+                listening.add(fields[9])
+    assert server.process is not None
+    found: dict[int, set[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            links = [os.readlink(fd) for fd in (entry / "fd").iterdir()]
+        except OSError:
+            continue
+        held = {link[len("socket:[") : -1] for link in links if link.startswith("socket:[")}
+        if held & listening:
+            found[int(entry.name)] = held & listening
+    return found
+
+
+def test_each_api_process_accepts_from_a_socket_of_its_own(server: LiveServer) -> None:
+    """SO_REUSEPORT: the kernel spreads new connections over one queue per API process, rather
+    than every process racing to accept from one shared queue."""
+    holders = listening_sockets(server)
+    assert len(holders) == PROCESSES, holders
+    assert server.process is not None and server.process.pid not in holders
+    inodes = [inode for held in holders.values() for inode in held]
+    assert len(inodes) == len(set(inodes)) == PROCESSES
+    # Both answer, over fresh connections.
+    responses = fresh(server, "GET", "/healthz")
+    assert all(r.status_code == 200 for r in responses)
