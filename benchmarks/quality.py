@@ -182,7 +182,7 @@ def run_task(task: Task, seeds: int, epochs: int, log: Callable[[str], None]) ->
             outcome.trained.model, x_test[choice.normalization], y_test, target_spec
         )
         results.setdefault("auto", []).append(score_of(task.kind, metrics))
-        picks.append(choice.name)
+        picks.append(outcome.extra_metrics["selection"]["choice"])
         rules.append(outcome.extra_metrics["selection"]["rule"])
 
         found = baselines(
