@@ -1,7 +1,8 @@
 """`graft serve`: the API on one port, in one process or in N that share it.
 
-With N > 1 (GRAFT_API_PROCESSES, `--processes`), uvicorn's supervisor binds the port once
-and starts N API processes that accept from it, restarting any that dies. This process
+With N > 1 (GRAFT_API_PROCESSES, `--processes`), uvicorn's supervisor starts N API
+processes, restarting any that dies; on Linux each accepts from a socket of its own
+(`ReusePortListener`), elsewhere they share one the supervisor binds. This process
 stays their parent: it runs the local job workers once for all of them (not once per API
 process), and makes a runtime folder that they all share:
 - `metrics/`: prometheus_client's multiprocess files, so any process's `/metrics` sums all;
