@@ -499,9 +499,14 @@ class TestBlend:
         assert version["metrics"]["selection"]["members"] == members
         assert version["transfer_report"]["members"] == members
         assert version["strategy"] == "parameter"
+        messages = [e["message"] for e in events(client, job_id)]
+        assert any("blend member 2 of 2: linear/target" in m for m in messages)
         assert any(
-            "blend member 2 of 2: linear/target" in e["message"] for e in events(client, job_id)
+            "served as one model: the mean of parameter/source, linear/target" in m
+            for m in messages
         )
+        # Epoch progress followed the first member's final fit, as it follows a single pick.
+        assert job["progress"]["epoch"] >= 1
 
         rows = np.array([[2.0, 0.5], [-2.0, -0.5], [0.3, 0.0], [40.0, -9.0]], dtype=np.float32)
         answer = client.post("/v1/models/blend/predict", json={"instances": rows.tolist()})

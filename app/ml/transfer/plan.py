@@ -216,7 +216,7 @@ def fine_tune(
         for note in trained.notes:
             say("log", note)
     else:
-        trained = _train_blend(members, data, request, train_idx, val_idx, on_batch, say)
+        trained = _train_blend(members, data, request, train_idx, val_idx, on_epoch, on_batch, say)
 
     summary = _report(choice, chosen, scores, metric, folds, repeats, choice_info)
     if summary["negative_transfer"]:
@@ -255,11 +255,13 @@ def _train_blend(
     request: Request,
     train_idx: np.ndarray,
     val_idx: np.ndarray,
+    on_epoch: Callable[[training.EpochMetrics], None] | None,
     on_batch: Callable[[], None] | None,
     say: Callable[..., None],
 ) -> Trained:
     """Each member trained as a job naming it trains it, then served as one `Ensemble` that
-    reads the first member's scaling and maps it to each other member's."""
+    reads the first member's scaling and maps it to each other member's. The job's epoch
+    progress follows the first member, as it follows a single pick."""
     primary = members[0].normalization
     trained_members: list[Trained] = []
     for position, member in enumerate(members, start=1):
@@ -268,7 +270,13 @@ def _train_blend(
             member, data, np.arange(len(data.y)), request.validation_fraction, request.settings.seed
         )
         trained = train_candidate(
-            member, data, request.settings, fit_idx, fit_val, on_batch=on_batch
+            member,
+            data,
+            request.settings,
+            fit_idx,
+            fit_val,
+            on_epoch=on_epoch if position == 1 else None,
+            on_batch=on_batch,
         )
         for note in trained.notes:
             say("log", f"{member.name}: {note}")
@@ -307,6 +315,7 @@ def _train_blend(
         first.epochs_run, first.best_epoch, first.stopped_early, first.history, metrics
     )
     notes = [f"served as one model: the mean of {', '.join(m.name for m in members)}"]
+    say("log", notes[0])
     return Trained(model, result, notes, architecture=architecture)
 
 
