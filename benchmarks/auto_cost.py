@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                 report = job["metrics"]["transfer_report"]
                 print(
                     f"{strategy:>9}: {times[strategy]:6.1f} s; picked "
-                    f"{report['strategy']}/{report['target_normalization']}, cv "
+                    f"{' + '.join(report['members'])}, cv "
                     f"{report['score']['mean']:.3f} ± {report['score']['std']:.3f}, gain "
                     f"{report['transfer_gain']:+.3f}"
                 )
