@@ -7,6 +7,7 @@ lands on, it sees the alias move or key revocation committed just before through
 
 import json
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -171,7 +172,12 @@ def listening_sockets(server: LiveServer) -> dict[int, set[str]]:
 def test_each_api_process_accepts_from_a_socket_of_its_own(server: LiveServer) -> None:
     """SO_REUSEPORT: the kernel spreads new connections over one queue per API process, rather
     than every process racing to accept from one shared queue."""
+    # The server answers once one process is up; the other may still be starting.
+    deadline = time.monotonic() + 60
     holders = listening_sockets(server)
+    while len(holders) < PROCESSES and time.monotonic() < deadline:
+        time.sleep(0.2)
+        holders = listening_sockets(server)
     assert len(holders) == PROCESSES, holders
     assert server.process is not None and server.process.pid not in holders
     inodes = [inode for held in holders.values() for inode in held]

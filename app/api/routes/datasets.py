@@ -174,7 +174,8 @@ def preview_dataset(
     rows: Annotated[int, Query(ge=1, le=100, description="How many first rows to show.")] = 20,
 ) -> DatasetPreview:
     """The first rows, and per column its missing values and min/mean/max (numbers) or most
-    common values (text), over the first 10,000 rows (`summary_rows`). Tables only."""
+    common values (text), over the first 10,000 rows (`summary_rows`). Tables only: an image
+    dataset is 422 `unsupported_dataset`."""
     return DatasetPreview.model_validate(datasets_service.preview(session, dataset_id, rows))
 
 
