@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.ml import tabular, training, transfer
+from app.ml import training, transfer
 from app.ml.transfer import selection
 from benchmarks import quality, quality_tasks
 from benchmarks.quality_tasks import Task
@@ -36,49 +36,11 @@ from benchmarks.quality_tasks import Task
 def collect(task: Task, seeds: int, epochs: int) -> dict[str, Any]:
     """Per seed: every candidate's per-split out-of-fold predictions and test predictions."""
     torch.set_num_threads(1)
-    source_model, spec, source_target, architecture = quality.train_source(
-        task, quality.SOURCE_EPOCHS
-    )
-    if task.kind == "classification":
-        target_classes = tabular.fit_target(task.target[task.label], "classification")["classes"]
-        classes = tabular.merge_classes(source_target["classes"], target_classes)
-        target_spec = {**source_target, "classes": classes}
-        keep_head = classes == source_target["classes"]
-    else:
-        target_spec, keep_head = source_target, True
-    output_dim = len(target_spec["classes"]) if task.kind == "classification" else 1
-    architecture = {**architecture, "output_dim": output_dim}
-    source_x = tabular.transform_features(spec, task.source)
-    source_y = tabular.encode_target(target_spec, task.source[task.label])
+    prepared = quality.Prepared(task)
     per_seed = []
     for seed in range(seeds):
-        train_idx, test_idx = quality.draw(task, seed)
-        train_frame, test_frame = task.target.iloc[train_idx], task.target.iloc[test_idx]
-        refit = tabular.refit_scaling(spec, train_frame)
-        x_train = {
-            "source": tabular.transform_features(spec, train_frame),
-            "target": tabular.transform_features(refit, train_frame),
-        }
-        x_test = {
-            "source": tabular.transform_features(spec, test_frame),
-            "target": tabular.transform_features(refit, test_frame),
-        }
-        y_train = tabular.encode_target(target_spec, train_frame[task.label])
-        y_test = tabular.encode_target(target_spec, test_frame[task.label])
-        data = transfer.TransferData(
-            target_spec=target_spec,
-            x=x_train,
-            y=y_train,
-            source_model=source_model,
-            architecture=architecture,
-            keep_head=keep_head,
-            source_x=source_x,
-            source_y=source_y,
-            scalings={
-                "source": tabular.encoded_scaling(spec),
-                "target": tabular.encoded_scaling(refit),
-            },
-        )
+        seeded = prepared.seeded(seed)
+        data = seeded.data
         settings = transfer.Settings(
             epochs=epochs,
             batch_size=quality.BATCH_SIZE,
@@ -86,8 +48,8 @@ def collect(task: Task, seeds: int, epochs: int) -> dict[str, Any]:
             seed=seed,
         )
         request = transfer.Request("auto", "auto", settings)
-        folds, repeats = selection.fold_plan(len(y_train), request.cv_folds, request.cv_repeats)
-        splits = selection.fold_indices(y_train, task.kind, folds, repeats, seed)
+        folds, repeats = selection.fold_plan(len(data.y), request.cv_folds, request.cv_repeats)
+        splits = selection.fold_indices(data.y, task.kind, folds, repeats, seed)
         candidates = transfer.candidates_for("auto", "auto", source_rows=True, tabular=True)
         oof: dict[str, list[np.ndarray]] = {}
         test: dict[str, np.ndarray] = {}
@@ -98,15 +60,21 @@ def collect(task: Task, seeds: int, epochs: int) -> dict[str, Any]:
             named = transfer.Request(candidate.strategy, candidate.normalization, settings)
             model = transfer.fine_tune(data, named, report=False).trained.model
             test[candidate.name] = training.predict_batch(
-                model, x_test[candidate.normalization], task.kind
+                model, seeded.x_test[candidate.normalization], task.kind
             )
         found = quality.baselines(
-            task.kind, x_train["target"], y_train, x_test["target"], y_test, target_spec, seed
+            task.kind,
+            data.x["target"],
+            data.y,
+            seeded.x_test["target"],
+            seeded.y_test,
+            prepared.target_spec,
+            seed,
         )
         per_seed.append(
             {
-                "y_train": y_train,
-                "y_test": y_test,
+                "y_train": data.y,
+                "y_test": seeded.y_test,
                 "splits": splits,
                 "oof": oof,
                 "test": test,

@@ -30,6 +30,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -106,56 +107,78 @@ def score_of(kind: str, metrics: dict[str, Any]) -> float:
     return float(value) if value is not None else 0.0
 
 
-def run_task(task: Task, seeds: int, epochs: int, log: Callable[[str], None]) -> dict[str, Any]:
-    source_model, spec, source_target, architecture = train_source(task, SOURCE_EPOCHS)
-    if task.kind == "classification":
-        target_classes = tabular.fit_target(task.target[task.label], "classification")["classes"]
-        classes = tabular.merge_classes(source_target["classes"], target_classes)
-        target_spec = {**source_target, "classes": classes}
-        keep_head = classes == source_target["classes"]
-    else:
-        target_spec, keep_head = source_target, True
-    output_dim = len(target_spec["classes"]) if task.kind == "classification" else 1
-    architecture = {**architecture, "output_dim": output_dim}
-    source_x = tabular.transform_features(spec, task.source)
-    source_y = tabular.encode_target(target_spec, task.source[task.label])
+@dataclass
+class Seeded:
+    """One seed's draw of a task: what `fine_tune` reads, and the test rows to score on."""
 
+    data: transfer.TransferData
+    x_test: dict[str, np.ndarray]
+    y_test: np.ndarray
+
+
+class Prepared:
+    """A task's source model (trained once) and the label space fine-tuning works in."""
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        source_model, self.spec, source_target, architecture = train_source(task, SOURCE_EPOCHS)
+        if task.kind == "classification":
+            observed = tabular.fit_target(task.target[task.label], "classification")["classes"]
+            classes = tabular.merge_classes(source_target["classes"], observed)
+            self.target_spec = {**source_target, "classes": classes}
+            self.keep_head = classes == source_target["classes"]
+        else:
+            self.target_spec, self.keep_head = source_target, True
+        output_dim = len(self.target_spec["classes"]) if task.kind == "classification" else 1
+        self.architecture = {**architecture, "output_dim": output_dim}
+        self.source_model = source_model
+        self.source_x = tabular.transform_features(self.spec, task.source)
+        self.source_y = tabular.encode_target(self.target_spec, task.source[task.label])
+
+    def seeded(self, seed: int) -> Seeded:
+        """This seed's labelled target rows under both scalings, and its test rows."""
+        task = self.task
+        train_idx, test_idx = draw(task, seed)
+        train_frame, test_frame = task.target.iloc[train_idx], task.target.iloc[test_idx]
+        refit = tabular.refit_scaling(self.spec, train_frame)
+        x_train = {
+            "source": tabular.transform_features(self.spec, train_frame),
+            "target": tabular.transform_features(refit, train_frame),
+        }
+        x_test = {
+            "source": tabular.transform_features(self.spec, test_frame),
+            "target": tabular.transform_features(refit, test_frame),
+        }
+        # One per seed, so every candidate reuses the frozen trunk's features.
+        data = transfer.TransferData(
+            target_spec=self.target_spec,
+            x=x_train,
+            y=tabular.encode_target(self.target_spec, train_frame[task.label]),
+            source_model=self.source_model,
+            architecture=self.architecture,
+            keep_head=self.keep_head,
+            source_x=self.source_x,
+            source_y=self.source_y,
+            scalings={
+                "source": tabular.encoded_scaling(self.spec),
+                "target": tabular.encoded_scaling(refit),
+            },
+        )
+        return Seeded(data, x_test, tabular.encode_target(self.target_spec, test_frame[task.label]))
+
+
+def run_task(task: Task, seeds: int, epochs: int, log: Callable[[str], None]) -> dict[str, Any]:
+    prepared = Prepared(task)
+    target_spec = prepared.target_spec
     results: dict[str, list[float]] = {}
     picks: list[str] = []
     rules: list[str] = []
     auto_seconds: list[float] = []
     parameter_seconds: list[float] = []
     for seed in range(seeds):
-        train_idx, test_idx = draw(task, seed)
-        train_frame, test_frame = task.target.iloc[train_idx], task.target.iloc[test_idx]
-        refit = tabular.refit_scaling(spec, train_frame)
-        x_train = {
-            "source": tabular.transform_features(spec, train_frame),
-            "target": tabular.transform_features(refit, train_frame),
-        }
-        x_test = {
-            "source": tabular.transform_features(spec, test_frame),
-            "target": tabular.transform_features(refit, test_frame),
-        }
-        y_train = tabular.encode_target(target_spec, train_frame[task.label])
-        y_test = tabular.encode_target(target_spec, test_frame[task.label])
-
-        # One per seed, so every candidate reuses the frozen trunk's features.
-        data = transfer.TransferData(
-            target_spec=target_spec,
-            x=x_train,
-            y=y_train,
-            source_model=source_model,
-            architecture=architecture,
-            keep_head=keep_head,
-            source_x=source_x,
-            source_y=source_y,
-            scalings={
-                "source": tabular.encoded_scaling(spec),
-                "target": tabular.encoded_scaling(refit),
-            },
-        )
-
+        seeded = prepared.seeded(seed)
+        data, x_test, y_test = seeded.data, seeded.x_test, seeded.y_test
+        x_train, y_train = data.x, data.y
         settings = transfer.Settings(
             epochs=epochs, batch_size=BATCH_SIZE, learning_rate=LEARNING_RATE, seed=seed
         )
