@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.ml import training, transfer
 from app.ml.transfer import selection
-from benchmarks import quality, quality_tasks
+from benchmarks import quality
 from benchmarks.quality_tasks import Task
 
 
@@ -288,19 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         outcomes = {n: o for n, o in saved["outcomes"].items() if args.split in ("all", splits[n])}
     else:
         wanted = [w.strip().lower() for w in args.tasks.split(",")] if args.tasks else None
-        tasks, splits = [], {}
-        for build in quality_tasks.BUILDERS:
-            half = quality_tasks.split_of(build)
-            if args.split != "all" and half != args.split:
-                continue
-            task = build()
-            if isinstance(task, str):
-                print(f"skipped {build.__name__}: {task}")
-                continue
-            if wanted and not any(w in task.name.lower() for w in wanted):
-                continue
-            tasks.append(task)
-            splits[task.name] = half
+        tasks, splits = quality.select_tasks(args.split, wanted)
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(max_workers=max(1, args.workers)) as pool:

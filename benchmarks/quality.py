@@ -324,6 +324,27 @@ def report(outcomes: dict[str, dict[str, Any]], splits: dict[str, str]) -> list[
     return lines
 
 
+def select_tasks(split: str, wanted: list[str] | None) -> tuple[list[Task], dict[str, str]]:
+    """The tasks of `split` ("all", "tuning" or "held-out") whose names contain one of
+    `wanted` (any, if None), and each one's half; a task whose data is missing is skipped,
+    saying why."""
+    tasks: list[Task] = []
+    splits: dict[str, str] = {}
+    for build in quality_tasks.BUILDERS:
+        half = quality_tasks.split_of(build)
+        if split != "all" and half != split:
+            continue
+        task = build()
+        if isinstance(task, str):
+            print(f"skipped {build.__name__}: {task}")
+            continue
+        if wanted and not any(w in task.name.lower() for w in wanted):
+            continue
+        tasks.append(task)
+        splits[task.name] = half
+    return tasks, splits
+
+
 def _run_quietly(task: Task, seeds: int, epochs: int) -> dict[str, Any]:
     torch.set_num_threads(1)
     return run_task(task, seeds, epochs, lambda message: None)
@@ -343,20 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     seeds, epochs = (1, 20) if args.quick else (args.seeds, 100)
     wanted = [w.strip().lower() for w in args.tasks.split(",")] if args.tasks else None
-    tasks: list[Task] = []
-    splits: dict[str, str] = {}
-    for build in quality_tasks.BUILDERS:
-        half = quality_tasks.split_of(build)
-        if args.split != "all" and half != args.split:
-            continue
-        task = build()
-        if isinstance(task, str):
-            print(f"skipped {build.__name__}: {task}")
-            continue
-        if wanted and not any(w in task.name.lower() for w in wanted):
-            continue
-        tasks.append(task)
-        splits[task.name] = half
+    tasks, splits = select_tasks(args.split, wanted)
     if args.quick and not wanted:
         tasks = [t for t in tasks if t.name.startswith(("iris", "wine mis", "diabetes age"))]
     started = time.perf_counter()
