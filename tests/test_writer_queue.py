@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
 from app.db import session as db_session
 from app.db.session import Database
@@ -28,6 +29,7 @@ def database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Database:
 OTHER_PROCESS = """
 import sys
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 from app.db.session import Database
 db = Database(sys.argv[1])
 for n in range(100):
@@ -67,6 +69,29 @@ def test_a_turn_ends_with_a_rollback_an_error_or_a_closed_session(database: Data
         session.execute(text("INSERT INTO counted VALUES ('w', 1)"))
     with database.read_scope() as session:
         assert session.scalar(text("SELECT group_concat(source) FROM counted")) == "w"
+
+
+def test_a_failed_commit_leaves_no_transaction_open_on_the_connection(
+    database: Database,
+) -> None:
+    """SQLite keeps a transaction open when its COMMIT fails (here a deferred foreign key),
+    and SQLAlchemy, counting it as ended, does not roll it back: the pool must, or every
+    later BEGIN on that connection fails ("cannot start a transaction within a transaction")."""
+    with database.session_scope() as session:
+        session.execute(text("CREATE TABLE parent (id TEXT PRIMARY KEY)"))
+        session.execute(
+            text(
+                "CREATE TABLE child (parent_id TEXT REFERENCES parent(id) "
+                "DEFERRABLE INITIALLY DEFERRED)"
+            )
+        )
+    with pytest.raises(IntegrityError), database.session_scope() as session:
+        session.execute(text("INSERT INTO child VALUES ('nobody')"))
+    for n in range(3):  # whichever connection of the pool comes next
+        with database.session_scope() as session:
+            session.execute(text("INSERT INTO counted VALUES ('after', :n)"), {"n": n})
+    with database.read_scope() as session:
+        assert session.scalar(text("SELECT count(*) FROM child")) == 0
 
 
 def test_readers_do_not_wait_for_a_writer(database: Database) -> None:

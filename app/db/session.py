@@ -61,9 +61,14 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     event.listen(engine, "rollback", _release)
 
     @event.listens_for(engine, "checkin")
-    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+    def _on_checkin(dbapi_connection: Any, record: Any) -> None:
         # A connection handed back mid-transaction (its session closed without commit or
-        # rollback) is rolled back by the pool; the writer's turn ends with it.
+        # rollback) is rolled back by the pool; the writer's turn ends with it. Not after a
+        # COMMIT that failed (a deferred constraint, a full disk): SQLite keeps that
+        # transaction open, SQLAlchemy counts it as ended and does not roll it back, and
+        # every later BEGIN on this connection would fail.
+        if dbapi_connection is not None and dbapi_connection.in_transaction:
+            dbapi_connection.rollback()
         if record.info.pop(_HOLDS_WRITER, False):
             writers.release()
 
