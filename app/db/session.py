@@ -8,13 +8,17 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 # Imported for its after-commit hook: every committed `changes.mark` is announced.
 from app.db import changes  # noqa: F401
+from app.db.group_commit import GroupCommit, GroupWriter
+
+ItemT = TypeVar("ItemT")
+ResultT = TypeVar("ResultT")
 
 
 # Connections a process keeps open, and how many more it may open for a burst (closed again
@@ -210,6 +214,16 @@ class Database:
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         reader = self.engine.execution_options(sqlite_begin="DEFERRED")
         self.read_sessions = sessionmaker(reader, expire_on_commit=False)
+        self._group_commits: dict[Any, GroupCommit[Any, Any]] = {}
+        self._group_commits_lock = threading.Lock()
+
+    def group_commit(self, write: GroupWriter[ItemT, ResultT]) -> GroupCommit[ItemT, ResultT]:
+        """The one committer of this process that groups concurrent calls of `write`."""
+        with self._group_commits_lock:
+            committer = self._group_commits.get(write)
+            if committer is None:
+                committer = self._group_commits[write] = GroupCommit(self, write)
+            return committer
 
     @contextmanager
     def session_scope(self) -> Iterator[Session]:

@@ -8,28 +8,26 @@ idempotent replays, Core inserts) is one transaction's story and reads best in o
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import bindparam, delete, func, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db.base import Base
 from app.db.models import (
-    ApiKey,
     Dataset,
     Job,
     JobEvent,
-    JobTally,
     ModelVersion,
     WebhookDelivery,
 )
 from app.db.session import Database
 from app.enums import EventType, JobKind, JobStatus
-from app.errors import Conflict, Invalid, NotFound, TooManyRequests
+from app.errors import AppError, Conflict, Invalid, NotFound, TooManyRequests
 from app.ids import new_id, utcnow
 from app.schemas.jobs import (
     FineTuningCreate,
@@ -64,27 +62,8 @@ class Caller:
 _RETRY_AFTER_SECONDS = 30
 
 
-def _check_quotas(session: Session, caller: Caller) -> None:
-    """429 when the caller's key has too many jobs waiting or running, or the queue is full.
-
-    Both counts come from the job tallies (a few rows, whatever the limits). On PostgreSQL
-    the key's row is locked first, so two submissions of one key count one after the other
-    (SQLite writers run one at a time anyway). The queue bound is not serialised: it may be
-    passed by as many submissions as are committing at the same moment.
-    """
-    own = f"active:{caller.key_id}"
-    if caller.key_id is not None and needs_row_locks(session):
-        session.execute(lock_rows(select(ApiKey.id).where(ApiKey.id == caller.key_id), "update"))
-    names = ["queued"] if caller.key_id is None else ["queued", own]
-    tallies = {
-        name: int(total or 0)
-        for name, total in session.execute(
-            select(JobTally.name, func.sum(JobTally.jobs))
-            .where(JobTally.name.in_(names))
-            .group_by(JobTally.name)
-        )
-    }
-    active = tallies.get(own, 0)
+def _refuse_over_quota(caller: Caller, active: int, queued: int) -> None:
+    """429 when the caller's key has too many jobs waiting or running, or the queue is full."""
     if caller.key_id is not None and active >= caller.max_active_jobs:
         raise TooManyRequests(
             "too_many_active_jobs",
@@ -93,7 +72,6 @@ def _check_quotas(session: Session, caller: Caller) -> None:
             "one to end or cancel one",
             retry_after=_RETRY_AFTER_SECONDS,
         )
-    queued = tallies.get("queued", 0)
     if queued >= caller.max_queued_jobs:
         raise TooManyRequests(
             "queue_full",
@@ -103,10 +81,46 @@ def _check_quotas(session: Session, caller: Caller) -> None:
         )
 
 
-def _replay(session: Session, key: str, digest: str, caller: Caller) -> Job | None:
-    existing = session.scalar(select(Job).where(Job.idempotency_key == key))
-    if existing is None:
-        return None
+def _active_tally(key_id: str) -> str:
+    return f"active:{key_id}"
+
+
+def _read_tallies(session: Session, names: Collection[str]) -> dict[str, int]:
+    """The job counts by tally name (summed over their slots); a missing name counts 0."""
+    counts = dict.fromkeys(names, 0)
+    for name, total in session.execute(_TALLIES, {"names": list(names)}):
+        counts[name] = int(total or 0)
+    return counts
+
+
+def _lock_keys(session: Session, key_ids: Collection[str]) -> None:
+    """Hold the callers' key rows (PostgreSQL), in one order so that two writers never wait
+    on each other's keys in a cycle: submissions of one key then count one after the other."""
+    if key_ids and needs_row_locks(session):
+        session.execute(_LOCK_KEYS, {"ids": sorted(key_ids)})
+
+
+def _check_quotas(session: Session, caller: Caller) -> None:
+    """429 when the caller's key has too many jobs waiting or running, or the queue is full.
+
+    Both counts come from the job tallies (a few rows, whatever the limits). On PostgreSQL
+    the key's row is locked first, so two submissions of one key count one after the other
+    (SQLite writers run one at a time anyway). The queue bound is not serialised: it may be
+    passed by as many submissions as are committing at the same moment.
+    """
+    if caller.key_id is None:
+        counts = _read_tallies(session, ["queued"])
+        _refuse_over_quota(caller, 0, counts["queued"])
+        return
+    _lock_keys(session, [caller.key_id])
+    own = _active_tally(caller.key_id)
+    counts = _read_tallies(session, ["queued", own])
+    _refuse_over_quota(caller, counts[own], counts["queued"])
+
+
+def _replayable(existing: Job, key: str, digest: str, caller: Caller) -> Job:
+    """The job an Idempotency-Key already made, if this caller may have it back for this
+    request; 422 if another key made it or it answered a different request."""
     if existing.created_by != caller.key_id:
         # Another API key's job: neither replay it nor say which job it is.
         raise Invalid(
@@ -122,26 +136,20 @@ def _replay(session: Session, key: str, digest: str, caller: Caller) -> Job | No
     return existing
 
 
-def _hold(session: Session, draft: JobDraft) -> None:
-    """The rows the draft was checked against, still there and held (shared) until commit,
-    so a concurrent delete of any of them waits for this job and then refuses."""
-    shared = needs_row_locks(session)
+def _replay(session: Session, key: str, digest: str, caller: Caller) -> Job | None:
+    existing = session.scalar(select(Job).where(Job.idempotency_key == key))
+    return None if existing is None else _replayable(existing, key, digest, caller)
 
-    def exists(query: Any) -> bool:
-        return session.scalar(lock_rows(query, "share") if shared else query) is not None
 
-    if not exists(select(Dataset.id).where(Dataset.id == draft.dataset_id)):
+def _missing_row(draft: JobDraft, datasets: Collection[str], versions: Collection[Any]) -> None:
+    """404 or 409 if a row the draft was checked against is no longer among those present."""
+    if draft.dataset_id not in datasets:
         raise NotFound("dataset_not_found", f"no dataset with id {draft.dataset_id!r}")
     if draft.base_model_name is not None and draft.base_model_version is not None:
         name, number = draft.base_model_name, draft.base_model_version
-        version = select(ModelVersion.id).where(
-            ModelVersion.model_name == name, ModelVersion.version == number
-        )
-        if not exists(version):
+        if (name, number) not in versions:
             raise NotFound("version_not_found", f"model {name!r} has no version {number}")
-    if draft.source_dataset_id is not None and not exists(
-        select(Dataset.id).where(Dataset.id == draft.source_dataset_id)
-    ):
+    if draft.source_dataset_id is not None and draft.source_dataset_id not in datasets:
         raise Conflict(
             "source_dataset_unavailable",
             f"strategy joint trains on the rows {draft.base_model_name} version "
@@ -150,22 +158,55 @@ def _hold(session: Session, draft: JobDraft) -> None:
         )
 
 
+def _hold(session: Session, drafts: Sequence[JobDraft]) -> tuple[set[str], set[Any]]:
+    """Which of the rows the drafts were checked against are still there: datasets by id,
+    versions as (model name, version). On PostgreSQL those found are held (shared) until
+    commit, so a concurrent delete of any of them waits for these jobs and then refuses."""
+    shared = needs_row_locks(session)
+    dataset_ids = {d.dataset_id for d in drafts} | {
+        d.source_dataset_id for d in drafts if d.source_dataset_id is not None
+    }
+    datasets_query = select(Dataset.id).where(Dataset.id.in_(sorted(dataset_ids)))
+    datasets = set(
+        session.scalars(lock_rows(datasets_query, "share") if shared else datasets_query)
+    )
+    wanted = {
+        (d.base_model_name, d.base_model_version)
+        for d in drafts
+        if d.base_model_name is not None and d.base_model_version is not None
+    }
+    versions: set[Any] = set()
+    if wanted:
+        versions_query = select(ModelVersion.model_name, ModelVersion.version).where(
+            tuple_(ModelVersion.model_name, ModelVersion.version).in_(sorted(wanted))
+        )
+        found = session.execute(lock_rows(versions_query, "share") if shared else versions_query)
+        versions = {(name, number) for name, number in found}
+    return datasets, versions
+
+
 _JOBS = Base.metadata.tables["jobs"]
 _EVENTS = Base.metadata.tables["job_events"]
+_TALLIES_TABLE = Base.metadata.tables["job_tallies"]
+# Built once: a statement's cache key is then computed once, not per submission.
+_TALLIES = (
+    select(_TALLIES_TABLE.c.name, func.sum(_TALLIES_TABLE.c.jobs))
+    .where(_TALLIES_TABLE.c.name.in_(bindparam("names", expanding=True)))
+    .group_by(_TALLIES_TABLE.c.name)
+)
+_KEYS_TABLE = Base.metadata.tables["api_keys"]
+_LOCK_KEYS = (
+    select(_KEYS_TABLE.c.id)
+    .where(_KEYS_TABLE.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(_KEYS_TABLE.c.id)
+    .with_for_update()
+)
 
 
-def queue(
-    session: Session, draft: JobDraft, idempotency_key: str | None, caller: Caller
-) -> tuple[Job, bool]:
-    """Write a drafted job (or find the one its Idempotency-Key made) in the caller's
-    transaction. Returns the job and whether it was created (False for a replay)."""
-    _hold(session, draft)
-    digest = _request_hash(draft.kind, draft.body)
-    if idempotency_key is not None:
-        replayed = _replay(session, idempotency_key, digest, caller)
-        if replayed is not None:
-            return replayed, False
-    _check_quotas(session, caller)
+def _new_job(
+    draft: JobDraft, idempotency_key: str | None, caller: Caller, digest: str
+) -> tuple[Job, dict[str, Any], dict[str, Any]]:
+    """A queued job for the draft, its row and its first event's row."""
     now = utcnow()
     job = Job(
         id=new_id("job"),
@@ -211,6 +252,22 @@ def queue(
         "message": "job queued",
         "data": {"status": JobStatus.QUEUED},
     }
+    return job, values, queued
+
+
+def queue(
+    session: Session, draft: JobDraft, idempotency_key: str | None, caller: Caller
+) -> tuple[Job, bool]:
+    """Write a drafted job (or find the one its Idempotency-Key made) in the caller's
+    transaction. Returns the job and whether it was created (False for a replay)."""
+    _missing_row(draft, *_hold(session, [draft]))
+    digest = _request_hash(draft.kind, draft.body)
+    if idempotency_key is not None:
+        replayed = _replay(session, idempotency_key, digest, caller)
+        if replayed is not None:
+            return replayed, False
+    _check_quotas(session, caller)
+    job, values, queued = _new_job(draft, idempotency_key, caller, digest)
     if idempotency_key is None:
         session.execute(_JOBS.insert(), values)
         session.execute(_EVENTS.insert(), queued)
@@ -228,6 +285,79 @@ def queue(
     return job, True
 
 
+@dataclass(frozen=True)
+class Submission:
+    """A drafted job waiting for its write."""
+
+    draft: JobDraft
+    idempotency_key: str | None
+    caller: Caller
+
+
+def queue_group(
+    session: Session, submissions: Sequence[Submission]
+) -> list[tuple[Job, bool] | Exception]:
+    """Queue several drafted jobs in one transaction with the same outcome, for each, as
+    `queue` one after the other: each sees the jobs queued before it in the group (its
+    quota counts them, its Idempotency-Key may replay one of them). A refused one (a row it
+    relies on gone, its quota reached, its Idempotency-Key reused) writes nothing and does
+    not stop the others.
+
+    The reads are made once for the group (rows held, tallies, earlier Idempotency-Keys) and
+    the rows go in with one insert per table, so the transaction's statements do not grow
+    with the group. A key that another transaction is inserting at this moment makes the
+    insert fail; the group committer then writes each submission alone, through `queue`,
+    which replays the winner's job.
+    """
+    if len(submissions) == 1:
+        (alone,) = submissions
+        try:
+            return [queue(session, alone.draft, alone.idempotency_key, alone.caller)]
+        except AppError as refused:
+            return [refused]
+    key_ids = {s.caller.key_id for s in submissions if s.caller.key_id is not None}
+    _lock_keys(session, key_ids)
+    datasets, versions = _hold(session, [s.draft for s in submissions])
+    counts = _read_tallies(session, ["queued", *(_active_tally(k) for k in key_ids)])
+    idempotency_keys = {s.idempotency_key for s in submissions if s.idempotency_key is not None}
+    known: dict[str, Job] = {}
+    if idempotency_keys:
+        earlier = select(Job).where(Job.idempotency_key.in_(sorted(idempotency_keys)))
+        known = {
+            job.idempotency_key: job for job in session.scalars(earlier) if job.idempotency_key
+        }
+    outcomes: list[tuple[Job, bool] | Exception] = []
+    jobs: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
+    for submission in submissions:
+        draft, key, caller = submission.draft, submission.idempotency_key, submission.caller
+        try:
+            _missing_row(draft, datasets, versions)
+            digest = _request_hash(draft.kind, draft.body)
+            if key is not None and key in known:
+                outcomes.append((_replayable(known[key], key, digest, caller), False))
+                continue
+            own = None if caller.key_id is None else _active_tally(caller.key_id)
+            _refuse_over_quota(caller, counts.get(own, 0) if own else 0, counts["queued"])
+        except AppError as refused:
+            outcomes.append(refused)
+            continue
+        job, values, queued = _new_job(draft, key, caller, digest)
+        # What the tallies' triggers will count once the row is in.
+        counts["queued"] += 1
+        if own is not None:
+            counts[own] += 1
+        if key is not None:
+            known[key] = job
+        jobs.append(values)
+        events.append(queued)
+        outcomes.append((job, True))
+    if jobs:
+        session.execute(_JOBS.insert(), jobs)
+        session.execute(_EVENTS.insert(), events)
+    return outcomes
+
+
 def submit(
     database: Database,
     draft: Callable[[Session], JobDraft],
@@ -235,11 +365,12 @@ def submit(
     caller: Caller | None = None,
 ) -> tuple[Job, bool]:
     """Draft a job in a read-only session, then queue it in a short write transaction,
-    committed before this returns."""
+    committed before this returns. Submissions that arrive together share that transaction
+    (group commit, app/db/group_commit.py): one writer's turn and one fsync for all."""
     with database.read_scope() as session:
         drafted = draft(session)
-    with database.session_scope() as session:
-        return queue(session, drafted, idempotency_key, caller or Caller())
+    write = database.group_commit(queue_group)
+    return write(Submission(drafted, idempotency_key, caller or Caller()))
 
 
 def submit_source_training(

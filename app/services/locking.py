@@ -14,7 +14,7 @@ from sqlalchemy import Select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-SelectT = TypeVar("SelectT", bound=Select[Any])
+SelectT = TypeVar("SelectT", bound=Select[*tuple[Any, ...]])
 
 
 def lock_rows(query: SelectT, mode: Literal["share", "update"] | str) -> SelectT:
