@@ -5,7 +5,9 @@ share the format detection, the decode limits and the stored file's layout.
 """
 
 import logging
+import threading
 import unicodedata
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import PurePath
 from typing import Any, BinaryIO
@@ -309,6 +311,47 @@ def get(session: Session, dataset_id: str, *, lock: str | None = None) -> Datase
     if dataset is None:
         raise NotFound("dataset_not_found", f"no dataset with id {dataset_id!r}")
     return dataset
+
+
+class _UnchangingDatasets:
+    """Datasets as drafts read them, kept per process (the least recently used go first).
+
+    What a draft checks a request against (a dataset's id, name, format, row count and
+    columns) never changes once the dataset is stored: only its tags and description do,
+    and those no draft reads. So a submission need not open a read transaction to fetch
+    them again. Whether the dataset still exists is not taken from here: the write that
+    relies on it checks (and on PostgreSQL holds) its row in the same transaction
+    (`jobs.queue`), and refuses with `dataset_not_found` if it was deleted meanwhile.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._entries: OrderedDict[str, Dataset] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, session: Session, dataset_id: str) -> Dataset:
+        with self._lock:
+            found = self._entries.get(dataset_id)
+            if found is not None:
+                self._entries.move_to_end(dataset_id)
+                return found
+        dataset = get(session, dataset_id)
+        # Detached, with every column loaded: other threads only read it.
+        session.expunge(dataset)
+        with self._lock:
+            self._entries[dataset_id] = dataset
+            if len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+        return dataset
+
+
+_unchanging = _UnchangingDatasets(size=512)
+
+
+def get_unchanging(session: Session, dataset_id: str) -> Dataset:
+    """A dataset for checking a job request against: its id, name, format, rows and columns
+    (read-only; see `_UnchangingDatasets`). 404 if it was never stored."""
+    return _unchanging.get(session, dataset_id)
 
 
 def list_datasets(

@@ -181,7 +181,7 @@ def draft_source_training(
     session: Session, request: SourceTrainingCreate, limits: work_estimate.Limits | None = None
 ) -> JobDraft:
     """Validate what can be checked now: columns, dtypes, architecture, the work limits."""
-    dataset = datasets_service.get(session, request.dataset_id)
+    dataset = datasets_service.get_unchanging(session, request.dataset_id)
     request = image_jobs.check_source_request(dataset, request)
     if image_jobs.dataset_image_shape(dataset) is None:
         check_source_request(dataset, request)
@@ -218,7 +218,7 @@ def draft_fine_tuning(
             f"({blended}), served as one model; fine-tuning starts from one network's "
             f"weights, so name a version that is not a blend as base_model{parent}",
         )
-    dataset = datasets_service.get(session, request.dataset_id)
+    dataset = datasets_service.get_unchanging(session, request.dataset_id)
     if image_jobs.dataset_image_shape(dataset) or image_jobs.model_image_shape(base):
         image_jobs.check_fine_tuning_request(dataset, request, base)
     else:

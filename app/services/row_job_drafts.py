@@ -71,7 +71,7 @@ def draft_batch_prediction(session: Session, request: BatchPredictionCreate) -> 
     the result dataset."""
     ref = request.model
     version = registry_service.resolve(session, ref.name, version=ref.version, alias=ref.alias)
-    dataset = datasets_service.get(session, request.dataset_id)
+    dataset = datasets_service.get_unchanging(session, request.dataset_id)
     _table_dataset(dataset, "batch prediction")
     columns = column_types(dataset)
     _check_inputs(dataset, version, columns)
@@ -119,7 +119,7 @@ def draft_batch_prediction(session: Session, request: BatchPredictionCreate) -> 
 def draft_evaluation(session: Session, request: EvaluationCreate) -> JobDraft:
     """Pin every version (and with include_base their bases), check the dataset holds each
     one's inputs and a usable target column."""
-    dataset = datasets_service.get(session, request.dataset_id)
+    dataset = datasets_service.get_unchanging(session, request.dataset_id)
     _table_dataset(dataset, "evaluation")
     columns = column_types(dataset)
     versions: list[ModelVersion] = []

@@ -56,6 +56,20 @@ class TestCreateSourceTraining:
         response = client.post("/v1/jobs/source-training", json=source_body("ds_nope"))
         assert_problem(response, 404, "dataset_not_found")
 
+    def test_a_deleted_dataset_is_404_though_a_draft_has_read_it_before(
+        self, client: TestClient, iris_source: dict[str, Any]
+    ) -> None:
+        # Drafts keep what they read of a dataset (it never changes); whether it still
+        # exists is checked by the write.
+        refused = client.post(
+            "/v1/jobs/source-training", json=source_body(iris_source["id"], target_column="x")
+        )
+        assert_problem(refused, 422, "column_not_found")
+        assert client.delete(f"/v1/datasets/{iris_source['id']}").status_code == 204
+        response = client.post("/v1/jobs/source-training", json=source_body(iris_source["id"]))
+        assert_problem(response, 404, "dataset_not_found")
+        assert client.get("/v1/jobs").json()["data"] == []
+
     def test_missing_target_column_is_422(
         self, client: TestClient, iris_source: dict[str, Any]
     ) -> None:
