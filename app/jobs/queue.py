@@ -3,10 +3,11 @@
 import logging
 import os
 import socket
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db.models import Job, JobEvent
@@ -164,22 +165,50 @@ def queued_before(session: Session, *, seconds_ago: float, limit: int = 500) -> 
     return list(session.scalars(query.order_by(Job.created_at, Job.id).limit(limit)))
 
 
-def prune_events(session: Session, *, older_than_days: float, limit: int | None = None) -> int:
+@dataclass
+class PruneCursor:
+    """Where a walk over ended jobs has got to, in the order they ended: the next call of
+    `prune_events` starts after this job."""
+
+    finished_at: datetime | None = None
+    job_id: str = ""
+
+
+def prune_events(
+    session: Session,
+    *,
+    older_than_days: float,
+    limit: int | None = None,
+    cursor: PruneCursor | None = None,
+) -> int:
     """Delete the metrics, log and warning events of jobs that ended over `older_than_days`
-    ago (at most `limit` of them); their status events (queued, running, how it ended)
-    stay, as does the job."""
+    ago; their status events (queued, running, how it ended) stay, as does the job. Covers
+    the first `limit` such jobs (all without a limit) in the order they ended, after
+    `cursor`, which it moves past them: so a prune in batches reads each job once, not the
+    jobs earlier batches already stripped again. Returns how many jobs it covered."""
     cutoff = utcnow() - timedelta(days=older_than_days)
-    ended_long_ago = select(Job.id).where(Job.finished_at < cutoff)
-    doomed = select(JobEvent.id).where(
-        JobEvent.job_id.in_(ended_long_ago), JobEvent.type != EventType.STATUS
-    )
+    ended = select(Job.finished_at, Job.id).where(Job.finished_at < cutoff)
+    if cursor is not None and cursor.finished_at is not None:
+        ended = ended.where(
+            or_(
+                Job.finished_at > cursor.finished_at,
+                and_(Job.finished_at == cursor.finished_at, Job.id > cursor.job_id),
+            )
+        )
+    ended = ended.order_by(Job.finished_at, Job.id)
     if limit is not None:
-        doomed = doomed.limit(limit)
-    ids = list(session.scalars(doomed))
-    if not ids:
+        ended = ended.limit(limit)
+    jobs = session.execute(ended).all()
+    if not jobs:
         return 0
-    session.execute(delete(JobEvent).where(JobEvent.id.in_(ids)))
-    return len(ids)
+    session.execute(
+        delete(JobEvent).where(
+            JobEvent.job_id.in_([job_id for _, job_id in jobs]), JobEvent.type != EventType.STATUS
+        )
+    )
+    if cursor is not None:
+        cursor.finished_at, cursor.job_id = jobs[-1]
+    return len(jobs)
 
 
 _FINAL = tuple(status for status in JobStatus if status.is_final)

@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+from functools import partial
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event as ProcessEvent
 from pathlib import Path
@@ -86,29 +87,37 @@ def serve_job(db: Database, job_id: str, context: WorkerContext, settings: Setti
     return status
 
 
-# Retention runs at most this often per worker process, in batches of PRUNE_BATCH rows, each
-# its own short transaction with a pause after it, so that no prune holds SQLite's write lock
-# for long: submissions and predictions go on while it runs.
+# Retention runs at most this often per worker process, in a thread of its own (the worker
+# goes on taking jobs), in batches of PRUNE_BATCH rows, each its own short transaction. After
+# each batch it rests PRUNE_REST_FACTOR times as long as the batch took (PRUNE_PAUSE_SECONDS
+# at least), so a prune holds SQLite's write lock at most about 2 % of the time, a few
+# milliseconds at a time: submissions and predictions go on at their usual p99 while it runs
+# (benchmarks/retention.py). Detailed events go PRUNE_EVENT_JOBS jobs' worth at a time.
 PRUNE_EVERY_SECONDS = 600.0
-PRUNE_BATCH = 500
+PRUNE_BATCH = 100
+PRUNE_EVENT_JOBS = 10
 PRUNE_PAUSE_SECONDS = 0.05
+PRUNE_REST_FACTOR = 50.0
 _last_prune = -PRUNE_EVERY_SECONDS
+_pruner: threading.Thread | None = None
+_events_cursor = queue.PruneCursor()
+_prune_stop = threading.Event()
 
 
 def sweep(db: Database, settings: Settings) -> list[str]:
     """Recover jobs of lost workers; returns those put back in the queue.
 
-    Also, at most hourly, drops the detailed events of jobs that ended longer ago than
-    GRAFT_JOB_EVENTS_RETENTION_DAYS.
+    Also, every PRUNE_EVERY_SECONDS at most, starts pruning what the retention settings let
+    go (jobs, detailed events) in a thread of its own.
     """
     global _last_prune
     with db.session_scope() as session:
         recovered = queue.requeue_stale(
             session, stale_after=settings.stale_after_seconds, max_attempts=settings.max_attempts
         )
-    if time.monotonic() - _last_prune >= PRUNE_EVERY_SECONDS:
+    if time.monotonic() - _last_prune >= PRUNE_EVERY_SECONDS and not pruning():
         _last_prune = time.monotonic()
-        prune(db, settings)
+        _start_pruning(db, settings)
     # Webhooks due: retries, and those of jobs ended without a worker (a queued job cancelled).
     webhooks.deliver_due(db, settings)
     if not recovered:
@@ -117,24 +126,60 @@ def sweep(db: Database, settings: Settings) -> list[str]:
         return queue.queued_among(session, recovered)
 
 
+def pruning() -> bool:
+    """Whether this process's prune thread is still at work."""
+    return _pruner is not None and _pruner.is_alive()
+
+
+def wait_for_pruning(timeout: float | None = None) -> None:
+    if _pruner is not None:
+        _pruner.join(timeout)
+
+
+def stop_pruning(timeout: float = 5.0) -> None:
+    """Ask the prune thread to stop after its current batch, and wait for it a while."""
+    _prune_stop.set()
+    wait_for_pruning(timeout)
+    _prune_stop.clear()
+
+
+def _start_pruning(db: Database, settings: Settings) -> None:
+    global _pruner
+
+    def run() -> None:
+        try:
+            prune(db, settings, _prune_stop)
+        except Exception:  # the next sweep's prune tries again
+            log.exception("pruning old jobs failed")
+
+    _pruner = threading.Thread(target=run, name="graft-prune", daemon=True)
+    _pruner.start()
+
+
 def prune(db: Database, settings: Settings, stop: threading.Event | None = None) -> None:
     """Apply the retention settings: finished jobs (GRAFT_JOB_RETENTION_DAYS), then the
     detailed events of the rest (GRAFT_JOB_EVENTS_RETENTION_DAYS), a batch at a time."""
     pauses = stop or threading.Event()
-    for days, step, what in (
-        (settings.job_retention_days, queue.prune_jobs, "jobs"),
-        (settings.job_events_retention_days, queue.prune_events, "events of jobs"),
+    # A job's detailed events are many rows (one per epoch): fewer jobs a batch. The walk
+    # goes on where the last prune of this process stopped: jobs end in order of
+    # `finished_at`, so those before the cursor were stripped already.
+    events_of = partial(queue.prune_events, cursor=_events_cursor)
+    for days, step, batch, what in (
+        (settings.job_retention_days, queue.prune_jobs, PRUNE_BATCH, "jobs"),
+        (settings.job_events_retention_days, events_of, PRUNE_EVENT_JOBS, "jobs' events"),
     ):
         if days <= 0:
             continue
         total = 0
         while not pauses.is_set():
+            began = time.monotonic()
             with db.session_scope() as session:
-                removed = step(session, older_than_days=days, limit=PRUNE_BATCH)
+                removed = step(session, older_than_days=days, limit=batch)
             total += removed
-            if removed < PRUNE_BATCH:
+            if removed < batch:
                 break
-            pauses.wait(PRUNE_PAUSE_SECONDS)
+            took = time.monotonic() - began
+            pauses.wait(max(PRUNE_PAUSE_SECONDS, PRUNE_REST_FACTOR * took))
         if total:
             log.info("pruned %d %s that ended over %g days ago", total, what, days)
 
@@ -196,6 +241,7 @@ def run_worker(
                 # again, so no wake-up is lost.
                 wakeup.clear()
     finally:
+        stop_pruning()
         db.dispose()
         log.info("worker %s stopped", context.worker_id)
 

@@ -1,6 +1,7 @@
 """What a 2xx promises: committed before the answer, failures undone, lineage kept, and
 deletes of jobs and models that leave nothing another object needs."""
 
+import threading
 from datetime import timedelta
 from typing import Any
 
@@ -281,10 +282,54 @@ class TestEventRetention:
         self._ended_days_ago(database, old, 3)
         monkeypatch.setattr(worker, "_last_prune", -worker.PRUNE_EVERY_SECONDS)
         worker.sweep(database, settings.model_copy(update={"job_events_retention_days": 0}))
+        worker.wait_for_pruning(30)
         assert EventType.METRICS in self._types(database, old)
         monkeypatch.setattr(worker, "_last_prune", -worker.PRUNE_EVERY_SECONDS)
         worker.sweep(database, settings.model_copy(update={"job_events_retention_days": 2}))
+        worker.wait_for_pruning(30)
         assert self._types(database, old) == {EventType.STATUS}
+
+    def test_a_prune_rests_in_proportion_to_each_batch_and_stops_when_asked(
+        self,
+        client: TestClient,
+        database: Database,
+        settings: Settings,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """The sweep prunes in a thread of its own (the worker goes on taking jobs), and
+        rests between batches: the write lock is held a small share of the time."""
+        old = [self._finished_job(client, database) for _ in range(3)]
+        for n, job_id in enumerate(old):
+            self._ended_days_ago(database, job_id, 3 + n)
+        rests: list[float] = []
+        stop = threading.Event()
+
+        class Rests:
+            def is_set(self) -> bool:
+                return stop.is_set()
+
+            def wait(self, seconds: float) -> bool:
+                rests.append(seconds)
+                if len(rests) == 2:
+                    stop.set()  # as a worker's shutdown would
+                return stop.is_set()
+
+        monkeypatch.setattr(worker, "PRUNE_EVENT_JOBS", 1)
+        monkeypatch.setattr(worker, "_events_cursor", queue.PruneCursor())
+        monkeypatch.setattr(worker, "_prune_stop", Rests())
+        monkeypatch.setattr(worker, "_last_prune", -worker.PRUNE_EVERY_SECONDS)
+        worker.sweep(database, settings.model_copy(update={"job_events_retention_days": 2}))
+        worker.wait_for_pruning(30)
+        assert not worker.pruning()
+        assert len(rests) == 2, "the prune went on after it was asked to stop"
+        assert all(rest >= worker.PRUNE_PAUSE_SECONDS for rest in rests)
+        # Stopped after two batches of one job, oldest first: the latest to end keeps its
+        # events.
+        assert [EventType.METRICS in self._types(database, job) for job in old] == [
+            True,
+            False,
+            False,
+        ]
 
     def test_pruning_goes_a_small_batch_at_a_time_to_the_end(
         self,
@@ -293,22 +338,30 @@ class TestEventRetention:
         settings: Settings,
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
-        old = self._finished_job(client, database)
-        self._ended_days_ago(database, old, 3)
+        old = [self._finished_job(client, database) for _ in range(5)]
+        for n, job_id in enumerate(old):
+            self._ended_days_ago(database, job_id, 3 + n)
         batches: list[int] = []
         real = queue.prune_events
 
         def counted(session: Any, **options: Any) -> int:
-            removed = real(session, **options)
-            batches.append(removed)
-            return removed
+            covered = real(session, **options)
+            batches.append(covered)
+            return covered
 
-        monkeypatch.setattr(worker, "PRUNE_BATCH", 3)
+        monkeypatch.setattr(worker, "PRUNE_EVENT_JOBS", 2)
         monkeypatch.setattr(worker, "PRUNE_PAUSE_SECONDS", 0.0)
+        monkeypatch.setattr(worker, "_events_cursor", queue.PruneCursor())
         monkeypatch.setattr(queue, "prune_events", counted)
         worker.prune(database, settings.model_copy(update={"job_events_retention_days": 2}))
-        assert len(batches) > 2 and max(batches) <= 3 and batches[-1] < 3
-        assert self._types(database, old) == {EventType.STATUS}
+        # Two jobs a batch, each job once, in the order they ended.
+        assert batches == [2, 2, 1]
+        for job_id in old:
+            assert self._types(database, job_id) == {EventType.STATUS}
+        # The next prune starts where this one stopped: nothing left to read again.
+        batches.clear()
+        worker.prune(database, settings.model_copy(update={"job_events_retention_days": 2}))
+        assert batches == [0]
 
     def test_finished_jobs_past_their_retention_go_with_their_events(
         self, client: TestClient, database: Database, settings: Settings
