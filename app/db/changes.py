@@ -12,12 +12,17 @@ How a change travels:
   change is seen by the very next request, in any process.
 - PostgreSQL also sends `NOTIFY graft_<topic>` in the writer's transaction; a listener thread
   in each process receives it, so replicas on other machines (and Celery workers' version
-  registrations) reach them too, a few milliseconds after the commit.
+  registrations) reach them too. PostgreSQL sends the notification to the listening
+  connection at commit, but the thread that reads it may not have run yet when the next
+  request comes (a revoked key's next request, sent to another instance the moment the
+  revocation returned): so each check also asks the kernel whether that connection has
+  something waiting to be read, and counts that as a change.
 """
 
 import logging
 import mmap
 import os
+import select
 import threading
 import time
 import weakref
@@ -104,6 +109,8 @@ class ChangeWatcher:
         self._seen = [b""] * len(self._counters)
         # Set by the listener thread (or `invalidate`); a plain attribute, read per request.
         self._stale = True
+        # The listener's connection, while it listens (PostgreSQL only).
+        self._listening_fd: int | None = None
         self._closing = threading.Event()
         self._listener: threading.Thread | None = None
         if make_url(database_url).get_backend_name() == "postgresql":
@@ -119,7 +126,8 @@ class ChangeWatcher:
         for counter, seen in zip(self._counters, self._seen, strict=True):
             if counter[:8] != seen:
                 return True
-        return False
+        fd = self._listening_fd
+        return fd is not None and _has_input(fd)
 
     def acknowledge(self) -> None:
         self._stale = False
@@ -143,15 +151,33 @@ class ChangeWatcher:
                     connection.execute(f"LISTEN graft_{self.topic}")
                     # Anything may have changed while not listening.
                     self._stale = True
-                    while not self._closing.is_set():
-                        for _ in connection.notifies(timeout=1.0):
-                            self._stale = True
+                    self._listening_fd = connection.fileno()
+                    try:
+                        self._receive(connection)
+                    finally:
+                        self._listening_fd = None
             except Exception:  # the database went away: retry, and reload once back
                 log.warning(
                     "%s change listener lost its connection; retrying", self.topic, exc_info=True
                 )
                 self._stale = True
                 self._closing.wait(1.0)
+
+    def _receive(self, connection: Any) -> None:
+        while not self._closing.is_set():
+            for _ in connection.notifies(timeout=1.0):
+                self._stale = True
+
+
+def _has_input(fd: int) -> bool:
+    """Whether `fd` has bytes waiting to be read: one non-blocking poll (a new poll object
+    each time: one object polled from two threads at once raises)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    try:
+        return bool(poller.poll(0))
+    except OSError:  # closed meanwhile: the listener reconnects and reports a change
+        return True
 
 
 def _open_counter(path: Path) -> int:

@@ -35,7 +35,8 @@ def cli(server: LiveServer, *args: str) -> str:
     return done.stdout
 
 
-# How long a NOTIFY may take to reach another instance's listener on a loaded CI machine.
+# How long PostgreSQL may take to deliver a NOTIFY to another instance on a loaded CI machine
+# (each request checks the listening connection for it: in practice the next request counts).
 NOTIFY_GRACE_SECONDS = 2.0
 
 
