@@ -76,6 +76,36 @@ def test_bad_tags_are_422_and_change_nothing(client: TestClient) -> None:
     assert_problem(refused, 422, "invalid_tags")
 
 
+def test_an_upload_field_sent_twice_is_422_and_nothing_is_stored(client: TestClient) -> None:
+    """Found by the contract check: a form that repeats a field had one value kept and the
+    others dropped silently."""
+    for field, values in (("description", ["one", "two"]), ("name", ["a", "b"])):
+        refused = client.post(
+            "/v1/datasets",
+            files=[
+                ("file", ("t.csv", b"a,b\n1,2\n", "text/csv")),
+                *((field, (None, value.encode())) for value in values),
+            ],
+        )
+        assert_problem(refused, 422, "repeated_field")
+        assert field in refused.json()["detail"]
+    twice = client.post(
+        "/v1/datasets",
+        files=[
+            ("file", ("t.csv", b"a,b\n1,2\n", "text/csv")),
+            ("file", ("u.csv", b"a,b\n3,4\n", "text/csv")),
+        ],
+    )
+    assert_problem(twice, 422, "repeated_field")
+    assert client.get("/v1/datasets").json()["data"] == []
+    once = client.post(
+        "/v1/datasets",
+        files={"file": ("t.csv", b"a,b\n1,2\n", "text/csv")},
+        data={"description": "once", "name": "t"},
+    )
+    assert once.status_code == 201 and once.json()["description"] == "once"
+
+
 def test_jobs_and_the_versions_they_register(client: TestClient, database: Database) -> None:
     dataset = builtin(client, "iris")
     body = {

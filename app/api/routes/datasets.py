@@ -2,7 +2,7 @@ import json
 import re
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
+from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile, status
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
@@ -24,9 +24,26 @@ from app.services import datasets as datasets_service
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
+_UPLOAD_FIELDS = ("file", "name", "tags", "description")
+
+
+async def _each_field_once(request: Request) -> None:
+    """422 for an upload that sends a field more than once: FastAPI would keep one of the
+    values and drop the others without a word. (The form is parsed once; the route's own
+    parameters read the same parse.)"""
+    form = await request.form()
+    repeated = [name for name in _UPLOAD_FIELDS if len(form.getlist(name)) > 1]
+    if repeated:
+        raise Invalid(
+            "repeated_field",
+            f"form field(s) {repeated} were sent more than once; send each of "
+            f"{list(_UPLOAD_FIELDS)} at most once",
+        )
+
 
 @router.post(
     "",
+    dependencies=[Depends(_each_field_once)],
     status_code=status.HTTP_201_CREATED,
     response_model=DatasetRead,
     summary="Upload a dataset",
