@@ -33,8 +33,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._harness import BENCH_ADMIN_KEY, percentile, temporary_postgres
-from benchmarks.scale import IRIS_ROW, Server
+from benchmarks._harness import percentile, temporary_postgres
+from benchmarks.scale import IRIS_ROW, Server, migrated_service
 
 COMMIT_EVERY = 1000
 PRUNE = """
@@ -94,24 +94,7 @@ def main() -> None:
         tempfile.TemporaryDirectory(prefix="graft-retention-") as tmp,
         temporary_postgres(args.postgres) as postgres,
     ):
-        data_dir = Path(tmp) / "data"
-        data_dir.mkdir()
-        url = postgres or f"sqlite:///{data_dir / 'graft.db'}"
-        env = {
-            **os.environ,
-            "GRAFT_DATA_DIR": str(data_dir),
-            "GRAFT_DATABASE_URL": url,
-            "GRAFT_ADMIN_KEY": BENCH_ADMIN_KEY,
-            "GRAFT_LOG_LEVEL": "warning",
-            "GRAFT_API_PROCESSES": "1",
-            "GRAFT_WORKERS": "0",
-            "GRAFT_MAX_QUEUED_JOBS": str(10**9),
-            "GRAFT_MAX_ACTIVE_JOBS_PER_KEY": str(10**9),
-            "GRAFT_RATE_LIMIT_PER_SECOND": "0",
-        }
-        subprocess.run(
-            [sys.executable, "-m", "app.cli", "migrate"], env=env, check=True, capture_output=True
-        )
+        _data_dir, url, env = migrated_service(Path(tmp), postgres)
         log = Path(tmp) / "server.log"
         with Server({**env, "GRAFT_WORKERS": "1"}, log) as api:
             dataset_id = api.ok("POST", "/v1/datasets/builtin", {"name": "iris"})["id"]

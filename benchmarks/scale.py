@@ -279,6 +279,31 @@ def copy_of_registry(url: str, data_dir: Path, into: Path) -> Iterator[tuple[str
         admin.dispose()
 
 
+def migrated_service(folder: Path, postgres: str | None) -> tuple[Path, str, dict[str, str]]:
+    """A data folder in `folder`, the database (SQLite there, or `postgres`) migrated, and
+    the environment of a `graft serve` on them: one API process, no workers, log level
+    warning, auth on with the admin key, no queue bounds or rate limit in the way."""
+    data_dir = folder / "data"
+    data_dir.mkdir()
+    url = postgres or f"sqlite:///{data_dir / 'graft.db'}"
+    env = {
+        **os.environ,
+        "GRAFT_DATA_DIR": str(data_dir),
+        "GRAFT_DATABASE_URL": url,
+        "GRAFT_ADMIN_KEY": BENCH_ADMIN_KEY,
+        "GRAFT_LOG_LEVEL": "warning",
+        "GRAFT_API_PROCESSES": "1",
+        "GRAFT_WORKERS": "0",
+        "GRAFT_MAX_QUEUED_JOBS": str(10**9),
+        "GRAFT_MAX_ACTIVE_JOBS_PER_KEY": str(10**9),
+        "GRAFT_RATE_LIMIT_PER_SECOND": "0",
+    }
+    subprocess.run(
+        [sys.executable, "-m", "app.cli", "migrate"], env=env, check=True, capture_output=True
+    )
+    return data_dir, url, env
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--versions", default="100000,1000000", help="versions in all, per step")
@@ -300,24 +325,7 @@ def main() -> None:
         tempfile.TemporaryDirectory(prefix="graft-scale-") as tmp,
         temporary_postgres(args.postgres) as postgres,
     ):
-        data_dir = Path(tmp) / "data"
-        data_dir.mkdir()
-        url = postgres or f"sqlite:///{data_dir / 'graft.db'}"
-        env = {
-            **os.environ,
-            "GRAFT_DATA_DIR": str(data_dir),
-            "GRAFT_DATABASE_URL": url,
-            "GRAFT_ADMIN_KEY": BENCH_ADMIN_KEY,
-            "GRAFT_LOG_LEVEL": "warning",
-            "GRAFT_API_PROCESSES": "1",
-            "GRAFT_WORKERS": "0",
-            "GRAFT_MAX_QUEUED_JOBS": str(10**9),
-            "GRAFT_MAX_ACTIVE_JOBS_PER_KEY": str(10**9),
-            "GRAFT_RATE_LIMIT_PER_SECOND": "0",
-        }
-        subprocess.run(
-            [sys.executable, "-m", "app.cli", "migrate"], env=env, check=True, capture_output=True
-        )
+        data_dir, url, env = migrated_service(Path(tmp), postgres)
         log = Path(tmp) / "server.log"
         print(
             f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
