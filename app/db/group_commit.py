@@ -150,10 +150,6 @@ class GroupCommit(Generic[ItemT, ResultT]):
         with self._mutex:
             self.groups += 1
             self.items += len(group)
-            if self.groups % 500 == 0:
-                import sys
-
-                print("GROUPSTAT", self.groups, self.items, file=sys.stderr, flush=True)
         for caller, outcome in zip(group, outcomes, strict=True):
             caller.answer(outcome)
 
