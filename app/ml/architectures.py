@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from app.ml.forest import build_forest
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "gelu": nn.GELU,
@@ -260,6 +262,7 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "mlp": build_mlp,
     "cnn": build_cnn,
     "ensemble": build_ensemble,
+    "forest": build_forest,
 }
 
 

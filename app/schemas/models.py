@@ -62,9 +62,10 @@ class ModelVersionRead(Schema):
     task: Task
     signature: Signature
     architecture: dict[str, Any] = Field(
-        description="How the network is built: `mlp` or `cnn`, or `ensemble` for a blend that "
-        "strategy auto chose (`members`, their `candidates`, `weights`, `combine`), served as "
-        "one model."
+        description="How the model is built: `mlp` or `cnn`; `forest` for a target-only "
+        "random forest (`trees`, `split_nodes`, `leaves`, `combine`) stored as tensors; or "
+        "`ensemble` for a blend that strategy auto chose (`members`, their `candidates`, "
+        "`weights`, `combine`), served as one model."
     )
     hyperparameters: dict[str, Any]
     preprocessing: dict[str, Any]

@@ -205,18 +205,25 @@ def draft_fine_tuning(
     """Resolve and pin the base version (an alias is read now), validate the target data."""
     ref = request.base_model
     base = registry_service.resolve(session, ref.name, version=ref.version, alias=ref.alias)
+    parent = (
+        f"; its parent {base.parent_name} version {base.parent_version} is one network"
+        if base.parent_name
+        else ""
+    )
     if base.architecture.get("type") == "ensemble":
         blended = ", ".join(base.architecture.get("candidates") or []) or "several models"
-        parent = (
-            f"; its parent {base.parent_name} version {base.parent_version} is one network"
-            if base.parent_name
-            else ""
-        )
         raise Invalid(
             "base_is_ensemble",
             f"version {base.version} of model {base.model_name!r} is a blend that auto chose "
             f"({blended}), served as one model; fine-tuning starts from one network's "
             f"weights, so name a version that is not a blend as base_model{parent}",
+        )
+    if base.architecture.get("type") == "forest":
+        raise Invalid(
+            "base_is_forest",
+            f"version {base.version} of model {base.model_name!r} is a random forest "
+            "(strategy forest): trees have no weights to fine-tune, so name a version that "
+            f"is a network as base_model{parent}",
         )
     dataset = datasets_service.get_unchanging(session, request.dataset_id)
     if image_jobs.dataset_image_shape(dataset) or image_jobs.model_image_shape(base):

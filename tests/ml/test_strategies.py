@@ -40,6 +40,7 @@ def test_strategies_are_registered_by_name() -> None:
         "joint",
         "scratch",
         "linear",
+        "forest",
     }
     with pytest.raises(ValueError, match="unknown strategy"):
         prepare("lora", nn.Linear(4, 2))

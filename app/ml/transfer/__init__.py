@@ -6,6 +6,7 @@ importing the package imports them all, so the registry is complete wherever it 
 
 from app.ml.transfer import (  # noqa: F401  (each registers its strategy)
     feature,
+    forest,
     joint,
     l2_sp,
     linear,
