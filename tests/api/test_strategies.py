@@ -154,7 +154,7 @@ class TestStrategies:
 
 
 class TestAuto:
-    def test_scores_every_candidate_picks_the_best_and_trains_it_as_a_named_job_would(
+    def test_scores_every_candidate_picks_the_best_and_delivers_its_fold_models(
         self, client: TestClient, database: Database
     ) -> None:
         _, target = source_and_target(client, database, shift=1.0)
@@ -216,13 +216,17 @@ class TestAuto:
             if (e["data"] or {}).get("phase") == "cross_validation"
         ]
         assert {e["data"]["candidate"] for e in cv} == names
-        # The chosen candidate is trained as a job naming it: a validation share of the 40 rows
-        # picks the best epoch, except for the closed-form linear model.
-        closed_form = selection["members"][0] == "linear/target"
+        # auto delivers the chosen candidates' fold models: together they trained on all 40
+        # rows, and each row is validated by the models that did not see it; the closed-form
+        # linear model alone is fitted on every row and validates nothing.
+        closed_form = selection["members"] == ["linear/target"]
         expected_rows = (
-            {"train": 40, "validation": 0} if closed_form else {"train": 32, "validation": 8}
+            {"train": 40, "validation": 0} if closed_form else {"train": 40, "validation": 40}
         )
         assert version["metrics"]["rows"] == expected_rows
+        if not closed_form:
+            assert version["architecture"]["type"] == "ensemble"
+            assert version["metrics"]["validation"]["accuracy"] is not None
         prediction = client.post("/v1/models/auto/predict", json={"instances": [[2.0, 0.0]]})
         assert prediction.status_code == 200, prediction.text
 
@@ -500,12 +504,13 @@ class TestBlend:
         assert version["transfer_report"]["members"] == members
         assert version["strategy"] == "parameter"
         messages = [e["message"] for e in events(client, job_id)]
-        assert any("blend member 2 of 2: linear/target" in m for m in messages)
         assert any(
-            "served as one model: the mean of parameter/source, linear/target" in m
+            "served as one model: the mean of the fold models of parameter/source (2), "
+            "linear/target (1)" in m
             for m in messages
         )
-        # Epoch progress followed the first member's final fit, as it follows a single pick.
+        # Epoch events and progress show the first fold model's training.
+        assert any("epochs of the first fold model of parameter/source" in m for m in messages)
         assert job["progress"]["epoch"] >= 1
 
         rows = np.array([[2.0, 0.5], [-2.0, -0.5], [0.3, 0.0], [40.0, -9.0]], dtype=np.float32)
@@ -542,3 +547,109 @@ class TestBlend:
         problem = assert_problem(refused, 422, "base_is_ensemble")
         assert "parameter/source, linear/target" in problem["detail"]
         assert "src version 1" in problem["detail"]
+
+
+class TestForest:
+    """The `forest` strategy: a target-only random forest served, exported and explained as
+    any version, alone or as a member of auto's blend, and refused as a fine-tuning base."""
+
+    @staticmethod
+    def _check_served_and_exported(client: TestClient, name: str) -> np.ndarray:
+        import io
+
+        import onnxruntime as ort
+        import torch
+
+        rows = np.array([[2.0, 0.5], [-2.0, -0.5], [0.3, 0.0], [40.0, -9.0]], dtype=np.float32)
+        answer = client.post(f"/v1/models/{name}/predict", json={"instances": rows.tolist()})
+        assert answer.status_code == 200, answer.text
+        probabilities = np.array(answer.json()["probabilities"], dtype=np.float32)
+        assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+        exported = client.get(f"/v1/models/{name}/versions/1/export", params={"format": "onnx"})
+        assert exported.status_code == 200, exported.text
+        onnx_probabilities, _ = ort.InferenceSession(exported.content).run(None, {"features": rows})
+        assert np.abs(onnx_probabilities - probabilities).max() <= 1e-5
+        scripted = client.get(
+            f"/v1/models/{name}/versions/1/export", params={"format": "torchscript"}
+        )
+        assert scripted.status_code == 200, scripted.text
+        module = torch.jit.load(io.BytesIO(scripted.content))
+        with torch.no_grad():
+            assert np.abs(module(torch.from_numpy(rows), {}).numpy() - probabilities).max() <= 1e-5
+        return probabilities
+
+    def test_a_forest_is_served_exported_and_refused_as_a_base(
+        self, client: TestClient, database: Database
+    ) -> None:
+        _, target = source_and_target(client, database, shift=1.0)
+        job_id = fine_tune(client, target, "trees", "forest")
+        run_pending_jobs(database)
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        assert job["status"] == "succeeded", job
+        version = client.get("/v1/models/trees/versions/1").json()
+        assert version["strategy"] == "forest"
+        assert version["architecture"]["type"] == "forest"
+        assert version["architecture"]["trees"] == 100
+        # Target-only: it reads the target's own scaling whatever the request said.
+        cv_candidates = {
+            e["data"]["candidate"]
+            for e in events(client, job_id)
+            if (e["data"] or {}).get("phase") == "cross_validation"
+        }
+        assert cv_candidates == {"forest/target", "scratch/target"}
+        assert version["metrics"]["train"]["accuracy"] >= 0.9
+        probabilities = self._check_served_and_exported(client, "trees")
+        # x1 decides the label (a: x1 above the shift); the forest learned that much.
+        assert probabilities[0].argmax() != probabilities[1].argmax()
+
+        refused = client.post(
+            "/v1/jobs/fine-tuning",
+            json={
+                "base_model": {"name": "trees", "version": 1},
+                "dataset_id": target,
+                "target_column": "label",
+                "model_name": "from-trees",
+                "strategy": "parameter",
+                "hyperparameters": QUICK_CV,
+            },
+        )
+        problem = assert_problem(refused, 422, "base_is_forest")
+        assert "src version 1" in problem["detail"]
+
+    def test_a_blend_with_a_forest_member_is_one_model(
+        self, client: TestClient, database: Database, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        import dataclasses
+
+        from app.ml.transfer import registry
+        from app.ml.transfer import selection as selection_module
+
+        # auto does not try the forest as shipped; a deployment that declared it a candidate
+        # would blend it like any other.
+        monkeypatch.setitem(
+            registry._STRATEGIES,
+            "forest",
+            dataclasses.replace(registry.get("forest"), in_auto=True),
+        )
+        real_choose = selection_module.choose
+        members = ["parameter/source", "forest/target"]
+
+        def choose_a_blend(scores: Any, metric: str = "score", blender: Any = None) -> Any:
+            choice = real_choose(scores, metric, blender)
+            by_name = {s.candidate.name: s for s in scores}
+            choice.chosen = blender([by_name[name] for name in members])
+            return choice
+
+        monkeypatch.setattr(selection_module, "choose", choose_a_blend)
+        _, target = source_and_target(client, database, shift=1.0)
+        job_id = fine_tune(client, target, "blend-trees", "auto")
+        run_pending_jobs(database)
+        assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "succeeded"
+        version = client.get("/v1/models/blend-trees/versions/1").json()
+        assert version["architecture"]["type"] == "ensemble"
+        architecture = version["architecture"]
+        # The parameter candidate's fold models (2 folds x 1 repeat), then the forest grown on
+        # every row.
+        assert architecture["fold_models"] == [2, 1]
+        assert [m["type"] for m in architecture["members"]] == ["mlp", "mlp", "forest"]
+        self._check_served_and_exported(client, "blend-trees")

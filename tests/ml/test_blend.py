@@ -156,11 +156,29 @@ class TestGuardOverBlends:
         assert choice.chosen is floor and choice.rule.startswith("target-only:")
 
 
+def fold_model_predictions(
+    data: transfer.TransferData,
+    candidate: transfer.Candidate,
+    settings: transfer.Settings,
+    x: np.ndarray,
+) -> list[np.ndarray]:
+    """Predictions of `x` by the candidate's models on the folds auto delivers (the first
+    `plan.BAG_REPEATS` repeats), each trained as cross-validation trains it."""
+    folds, repeats = transfer.fold_plan(len(data.y), 4, None)
+    splits = transfer.fold_indices(data.y, data.task, folds, repeats, settings.seed)
+    predictions = []
+    for train_idx, _ in splits[: folds * transfer.plan.BAG_REPEATS]:
+        fit_idx, val_idx = transfer.holdout(candidate, data, train_idx, 0.2, settings.seed)
+        trained = transfer.train_candidate(candidate, data, settings, fit_idx, val_idx)
+        predictions.append(training.predict_batch(trained.model, x, data.task))
+    return predictions
+
+
 def test_auto_delivers_a_chosen_blend_as_one_model_that_matches_its_members(
     monkeypatch: pytest.MonkeyPatch,
 ):
-    """When the guard picks a blend, the delivered model is every member trained as a job
-    naming it, averaged; its predictions are the mean of theirs."""
+    """When the guard picks a blend, the delivered model is every member's cross-validation
+    fold models, each member weighing the same; its predictions are the mean of theirs."""
     x, y = blobs(40, seed=1)
     torch.manual_seed(0)
     source_model = build_model(ARCHITECTURE, 4, 2)
@@ -193,22 +211,22 @@ def test_auto_delivers_a_chosen_blend_as_one_model_that_matches_its_members(
     model = result.trained.model
     assert isinstance(model, Ensemble)
     assert result.choice == blended[0]
-    assert result.trained.architecture is not None
-    assert result.trained.architecture["candidates"] == ["parameter/source", "l2_sp/target"]
+    architecture = result.trained.architecture
+    assert architecture is not None
+    assert architecture["candidates"] == ["parameter/source", "l2_sp/target"]
+    # 40 rows: 4 folds x 3 repeats, of which the first two repeats' models are delivered.
+    assert architecture["fold_models"] == [8, 8]
+    assert len(model.members) == 16
     assert result.extra_metrics["transfer_report"]["members"] == [c.name for c in blended]
-    # Each member alone, as a job naming it delivers it.
-    singles = [
-        transfer.fine_tune(
-            data, transfer.Request(c.strategy, c.normalization, SETTINGS), report=False
-        )
-        for c in blended
-    ]
     expected = np.mean(
         [
-            training.predict_batch(s.trained.model, data.x[c.normalization], "classification")
-            for s, c in zip(singles, blended, strict=True)
+            np.mean(fold_model_predictions(data, c, SETTINGS, data.x[c.normalization]), axis=0)
+            for c in blended
         ],
         axis=0,
     )
     served = training.predict_batch(model, data.x["source"], "classification")
     assert np.allclose(served, expected, atol=1e-5)
+    # The reported validation metrics are out-of-fold: every row, by models that never saw it.
+    assert result.validation_rows == len(y)
+    assert 0.0 <= result.trained.result.metrics["validation"]["accuracy"] <= 1.0

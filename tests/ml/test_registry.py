@@ -6,13 +6,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from pydantic import ValidationError
 from torch import nn
 
 from app.config import Settings as AppSettings
 from app.main import create_app
-from app.ml import transfer
+from app.ml import training, transfer
 from app.ml.architectures import build_model
 from app.ml.transfer import registry
 from app.ml.transfer.candidates import Run, Trained
@@ -157,28 +156,39 @@ class TestGuard:
         )
         assert any("no transfer candidate's gain was larger than its noise" in m for m in messages)
 
-    def test_auto_delivers_the_model_a_job_naming_its_choice_delivers(
+    def test_auto_delivers_the_fold_models_its_cross_validation_trained(
         self, source_model: nn.Module
     ) -> None:
+        from tests.ml.test_blend import fold_model_predictions
+
         data = _data(source_model, n=32, seed=1)
         settings = transfer.Settings(epochs=10, learning_rate=0.01, seed=2)
-        chosen = transfer.fine_tune(data, transfer.Request("auto", "auto", settings, cv_repeats=1))
-        named = transfer.fine_tune(
-            data,
-            transfer.Request(chosen.choice.strategy, chosen.choice.normalization, settings),
-            report=False,
-        )
-        # The same rows held out for validation, the same best epoch: the same weights.
-        assert (chosen.train_rows, chosen.validation_rows) == (
-            named.train_rows,
-            named.validation_rows,
-        )
-        for (name, mine), (_, theirs) in zip(
-            chosen.trained.model.state_dict().items(),
-            named.trained.model.state_dict().items(),
-            strict=True,
-        ):
-            assert torch.equal(mine, theirs), name
+        chosen = transfer.fine_tune(data, transfer.Request("auto", "auto", settings))
+        members = [
+            transfer.Candidate(*name.split("/"))
+            for name in chosen.extra_metrics["selection"]["members"]
+        ]
+        primary = members[0].normalization
+        expected = []
+        for member in members:
+            if member.spec.closed_form:
+                # Fitted on every row: it holds nothing out, so its folds would only lose rows.
+                named = transfer.fine_tune(
+                    data,
+                    transfer.Request(member.strategy, member.normalization, settings),
+                    report=False,
+                )
+                assert named.validation_rows == 0
+                expected.append(
+                    training.predict_batch(
+                        named.trained.model, data.x[member.normalization], data.task
+                    )
+                )
+            else:
+                folds = fold_model_predictions(data, member, settings, data.x[member.normalization])
+                expected.append(np.mean(folds, axis=0))
+        delivered = training.predict_batch(chosen.trained.model, data.x[primary], data.task)
+        assert np.allclose(delivered, np.mean(expected, axis=0), atol=1e-5)
 
     def test_a_closed_form_candidate_learns_from_every_row(self, source_model: nn.Module) -> None:
         data = _data(source_model, n=30, seed=1)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from app.ml import architectures, training
+from app.ml import metrics as metrics_module
 from app.ml.errors import DataError
 from app.ml.transfer import registry, selection
 from app.ml.transfer.candidates import (
@@ -29,6 +30,11 @@ Emit = Callable[[str, str, dict[str, Any] | None], None]
 
 # The target-only model every transfer report compares against.
 BASELINE = Candidate("scratch", "target")
+# `auto` delivers the fold models of this many cross-validation repeats (at most folds x
+# BAG_REPEATS models per chosen candidate). Every repeat's models did a little better on the
+# quality benchmark's tuning half (mean regret 0.017 against 0.019 for two repeats' and
+# 0.021 for one's); two bound what a prediction costs at 8 small networks per candidate.
+BAG_REPEATS = 2
 
 
 @dataclass(frozen=True)
@@ -155,6 +161,11 @@ def fine_tune(
 
     metric = selection.score_name(task)
     scores: dict[Candidate, selection.Score] = {}
+    # A choice on rows x features delivers the chosen candidates' fold models (see `_bag`);
+    # each candidate keeps those of its first BAG_REPEATS repeats while it is scored.
+    bagging = chooses and data.tabular and bool(splits)
+    bag_size = min(len(splits), BAG_REPEATS * folds)
+    fold_fits: dict[Candidate, list[Trained]] = {}
     if splits:
         say(
             "log",
@@ -163,6 +174,7 @@ def fine_tune(
             {"candidates": [c.name for c in scored], "folds": folds, "repeats": repeats},
         )
         for candidate in scored:
+            fits: list[Trained] | None = [] if bagging and not candidate.spec.closed_form else None
             score = selection.cross_validate(
                 candidate,
                 data,
@@ -170,8 +182,12 @@ def fine_tune(
                 splits,
                 validation_fraction=request.validation_fraction,
                 check=check,
+                fits=fits,
+                keep=bag_size,
             )
             scores[candidate] = score
+            if fits is not None:
+                fold_fits[candidate] = fits
             say(
                 "metrics",
                 f"cv {candidate.name}: {metric} {score.mean:.4f} ± {score.std:.4f}",
@@ -209,7 +225,20 @@ def fine_tune(
     train_idx, val_idx = holdout(
         choice, data, np.arange(len(data.y)), request.validation_fraction, settings.seed
     )
-    if len(members) == 1:
+    if bagging and chosen is not None:
+        trained = _bag(members, fold_fits, chosen, splits[:folds], data, request, say)
+        # The fold models together trained on every row, and validated each row by the
+        # models that did not see it; a closed-form model alone saw every row.
+        every_row = np.arange(len(data.y))
+        out_of_fold = any(not m.spec.closed_form for m in members)
+        train_idx, val_idx = every_row, every_row if out_of_fold else every_row[:0]
+        if on_epoch is not None and trained.result.history:
+            # The job's epoch events and progress show a delivered model's training, as for
+            # a single fit: the first fold model's, recorded while it was cross-validated.
+            say("log", f"epochs of the first fold model of {members[0].name}:")
+            for entry in trained.result.history:
+                on_epoch(_epoch_metrics(entry))
+    elif len(members) == 1:
         trained = train_candidate(
             choice, data, settings, train_idx, val_idx, on_epoch=on_epoch, on_batch=on_batch
         )
@@ -247,6 +276,117 @@ def fine_tune(
             **choice_info.as_dict(),
         }
     return Result(trained, choice, len(train_idx), len(val_idx), extra)
+
+
+def _bag(
+    members: list[Candidate],
+    fold_fits: dict[Candidate, list[Trained]],
+    chosen: selection.Score,
+    first_repeat: list[tuple[np.ndarray, np.ndarray]],
+    data: TransferData,
+    request: Request,
+    say: Callable[..., None],
+) -> Trained:
+    """The chosen candidates' cross-validation fold models, served as one `Ensemble`.
+
+    Each fold model was trained, as a job naming its candidate trains, on a fold's rows less
+    a validation share; together they have seen every target row, and their mean varies less
+    than one model fitted on 80 % of 10 to 40 rows (tuning half of the quality benchmark:
+    mean regret 0.028 -> 0.022 with the same choices, no task more or fewer within reach of
+    the best). Closed-form candidates (`linear`) are fitted on every row instead: they hold
+    nothing out, so one fit on all rows is already what their folds approximate. Each
+    candidate weighs the same in the mean, whatever its number of fold models.
+    """
+    parts: list[tuple[Candidate, list[Trained]]] = []
+    for member in members:
+        fits = fold_fits.get(member)
+        if not fits:
+            every_row = np.arange(len(data.y))
+            fits = [train_candidate(member, data, request.settings, every_row, every_row[:0])]
+        parts.append((member, fits))
+    if len(parts) == 1 and len(parts[0][1]) == 1:
+        return parts[0][1][0]
+    primary = members[0].normalization
+    models, weights, architectures_ = [], [], []
+    for _, fits in parts:
+        for fit in fits:
+            models.append(fit.model)
+            weights.append(1.0 / len(fits))
+            architectures_.append(fit.architecture or data.architecture)
+    width = int(data.architecture["input_dim"])
+    combine = "probabilities" if data.task == "classification" else "mean"
+    model = architectures.Ensemble(models, weights, combine, width)
+    position = 0
+    for member, fits in parts:
+        if member.normalization != primary:
+            scale, shift = _rescaling(data, primary, member.normalization)
+            for i in range(position, position + len(fits)):
+                model.input_scale[i] = torch.as_tensor(scale, dtype=torch.float32)
+                model.input_shift[i] = torch.as_tensor(shift, dtype=torch.float32)
+        position += len(fits)
+    model.eval()
+    architecture = {
+        "type": "ensemble",
+        "members": architectures_,
+        "weights": weights,
+        "combine": combine,
+        "candidates": [m.name for m in members],
+        "fold_models": [len(fits) for _, fits in parts],
+        "input_dim": width,
+        "output_dim": data.output_dim,
+    }
+    x = data.x[primary]
+    metrics = {
+        "train": training.evaluate(model, x, data.y, data.target_spec),
+        # Every row is scored by the chosen entry's fold models that did not train on it.
+        "validation": _out_of_fold_metrics(chosen, first_repeat, data),
+    }
+    first = parts[0][1][0].result
+    result = training.TrainResult(
+        first.epochs_run, first.best_epoch, first.stopped_early, first.history, metrics
+    )
+    described = ", ".join(f"{m.name} ({len(f)})" for m, f in parts)
+    notes = [
+        f"served as one model: the mean of the fold models of {described}, trained during "
+        "cross-validation"
+    ]
+    say("log", notes[0])
+    return Trained(model, result, notes, architecture=architecture)
+
+
+def _epoch_metrics(entry: dict[str, Any]) -> training.EpochMetrics:
+    """An epoch of a training history (`EpochMetrics.as_dict`) as the progress callback
+    takes it."""
+    standard = {"epoch", "epochs", "train_loss", "val_loss"}
+    score_name = next((k for k in entry if k not in standard), "score")
+    return training.EpochMetrics(
+        entry["epoch"],
+        entry["epochs"],
+        entry["train_loss"],
+        entry.get("val_loss"),
+        entry.get(score_name),
+        score_name,
+    )
+
+
+def _out_of_fold_metrics(
+    chosen: selection.Score,
+    first_repeat: list[tuple[np.ndarray, np.ndarray]],
+    data: TransferData,
+) -> dict[str, Any]:
+    """Loss and task metrics of the chosen entry's out-of-fold predictions over one repeat
+    (each row predicted once, by models that did not train on it)."""
+    rows = np.concatenate([test for _, test in first_repeat])
+    predicted = np.concatenate(
+        [np.asarray(p, np.float64) for p in chosen.predictions[: len(first_repeat)]]
+    )
+    y = data.y[rows]
+    if data.task == "classification":
+        picked = np.clip(predicted[np.arange(len(rows)), y.astype(np.int64)], 1e-12, None)
+        loss = float(-np.log(picked).mean())
+        return metrics_module.classification_metrics(loss, y, predicted)
+    loss = float(np.mean((predicted.reshape(-1) - y) ** 2))
+    return metrics_module.regression_metrics(loss, data.target_spec, y, predicted.reshape(-1))
 
 
 def _train_blend(
