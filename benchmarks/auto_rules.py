@@ -32,9 +32,12 @@ from app.ml.transfer import selection
 from benchmarks import quality
 from benchmarks.quality_tasks import Task
 
+FOREST = "forest/target"
 
-def collect(task: Task, seeds: int, epochs: int) -> dict[str, Any]:
-    """Per seed: every candidate's per-split out-of-fold predictions and test predictions."""
+
+def collect(task: Task, seeds: int, epochs: int, repeat_scale: int = 1) -> dict[str, Any]:
+    """Per seed: every candidate's per-split out-of-fold predictions and test predictions,
+    on `repeat_scale` times auto's repeats (a rule reads the first repeats it wants)."""
     torch.set_num_threads(1)
     prepared = quality.Prepared(task)
     per_seed = []
@@ -49,14 +52,29 @@ def collect(task: Task, seeds: int, epochs: int) -> dict[str, Any]:
         )
         request = transfer.Request("auto", "auto", settings)
         folds, repeats = selection.fold_plan(len(data.y), request.cv_folds, request.cv_repeats)
-        splits = selection.fold_indices(data.y, task.kind, folds, repeats, seed)
+        splits = selection.fold_indices(data.y, task.kind, folds, repeats * repeat_scale, seed)
+        per_repeat = len(selection.fold_indices(data.y, task.kind, folds, 1, seed))
         candidates = transfer.candidates_for("auto", "auto", source_rows=True, tabular=True)
+        # The forest is studied beside auto's candidates (variants with "+forest" use it).
+        candidates += [c for c in [transfer.Candidate("forest", "target")] if c not in candidates]
         oof: dict[str, list[np.ndarray]] = {}
         test: dict[str, np.ndarray] = {}
+        bagged: dict[str, list[np.ndarray]] = {}
         for candidate in candidates:
+            fits: list[transfer.Trained] = []
             oof[candidate.name] = selection.out_of_fold(
-                candidate, data, settings, splits, validation_fraction=request.validation_fraction
+                candidate,
+                data,
+                settings,
+                splits,
+                validation_fraction=request.validation_fraction,
+                fits=fits,
+                keep=len(splits),
             )
+            bagged[candidate.name] = [
+                training.predict_batch(f.model, seeded.x_test[candidate.normalization], task.kind)
+                for f in fits
+            ]
             named = transfer.Request(candidate.strategy, candidate.normalization, settings)
             model = transfer.fine_tune(data, named, report=False).trained.model
             test[candidate.name] = training.predict_batch(
@@ -76,8 +94,11 @@ def collect(task: Task, seeds: int, epochs: int) -> dict[str, Any]:
                 "y_train": data.y,
                 "y_test": seeded.y_test,
                 "splits": splits,
+                "repeats": repeats,
+                "per_repeat": per_repeat,
                 "oof": oof,
                 "test": test,
+                "bagged": bagged,
                 "baselines": found,
             }
         )
@@ -91,20 +112,48 @@ def test_score(kind: str, y_test: np.ndarray, predicted: np.ndarray) -> float:
     return 1.0 - residual / float(np.var(y_test))
 
 
-def judge(outcome: dict[str, Any], rule: Any) -> dict[str, Any]:
-    """The rule's test scores per seed beside every method's, judged as quality.py judges."""
+def judge(
+    outcome: dict[str, Any],
+    rule: Any,
+    repeat_scale: float = 1,
+    forest: bool = False,
+    bag: str = "0",
+) -> dict[str, Any]:
+    """The rule's test scores per seed beside every method's, judged as quality.py judges.
+
+    The rule sees `repeat_scale` times auto's repeats (as many as were collected at most) and,
+    with `forest`, the random forest as one more target-only candidate."""
     kind = outcome["kind"]
     results: dict[str, list[float]] = {}
     for run in outcome["seeds"]:
         y_train, y_test = run["y_train"], run["y_test"]
         for name, predicted in run["test"].items():
-            results.setdefault(name, []).append(test_score(kind, y_test, predicted))
+            if name != FOREST:
+                results.setdefault(name, []).append(test_score(kind, y_test, predicted))
         for name, score in run["baselines"].items():
             results.setdefault(name, []).append(score)
-        weights = rule(kind, y_train, run["splits"], run["oof"])
-        blended = blend(kind, [(run["test"][n], w) for n, w in weights.items()])
+        repeats = max(1, round(run.get("repeats", 1) * repeat_scale))
+        kept = repeats * run.get("per_repeat", len(run["splits"]))
+        oof = {n: p[:kept] for n, p in run["oof"].items() if forest or n != FOREST}
+        weights = rule(kind, y_train, run["splits"][:kept], oof)
+
+        blended = blend(kind, [(delivered(run, n, kept, bag), w) for n, w in weights.items()])
         results.setdefault("auto", []).append(test_score(kind, y_test, blended))
     return quality.verdict({"results": results})
+
+
+def delivered(run: dict[str, Any], name: str, kept: int, bag: str) -> np.ndarray:
+    """The test predictions of what auto delivers for candidate `name`.
+
+    bag "0": the model a job naming it delivers; "1": the mean of its fold models (every
+    fold the rule saw); "f": of the first repeat's, "2".."9": of the first so many repeats'.
+    Closed-form candidates keep their all-row fit.
+    """
+    if bag == "0" or candidate(name).spec.closed_form or not run.get("bagged"):
+        return np.asarray(run["test"][name])
+    per_repeat = run.get("per_repeat") or kept
+    count = kept if bag == "1" else per_repeat * (1 if bag == "f" else int(bag))
+    return np.mean([np.asarray(f, np.float64) for f in run["bagged"][name][:count]], axis=0)
 
 
 # Rules: each maps (kind, y, splits, oof) to {candidate name: weight}.
@@ -240,17 +289,22 @@ def rules() -> dict[str, Any]:
         pool["top3"] = {s.candidate.name: 1.0 for s in ranked[:3]}
         return guarded_pool(kind, y, splits, oof, pool)
 
-    def guarded_close(kind: str, y: np.ndarray, splits: Any, oof: dict[str, Any]) -> dict:
-        """The shipped guard between groups, but each group delivers the blend of its
-        members within one standard error of its best."""
-        scores = split_scores(kind, y, splits, oof)
-        tr = [s for s in scores if s.candidate.uses_source]
-        to = [s for s in scores if not s.candidate.uses_source]
-        pool = {
-            "transfer": {s.candidate.name: 1.0 for s in within_one_se(tr)},
-            "target": {s.candidate.name: 1.0 for s in within_one_se(to)},
-        }
-        return guarded_pool(kind, y, splits, oof, pool)
+    def guarded_close_within(width: float) -> Any:
+        def rule(kind: str, y: np.ndarray, splits: Any, oof: dict[str, Any]) -> dict:
+            """The shipped guard between groups, but each group delivers the blend of its
+            members within `width` standard errors of its best."""
+            scores = split_scores(kind, y, splits, oof)
+            tr = [s for s in scores if s.candidate.uses_source]
+            to = [s for s in scores if not s.candidate.uses_source]
+            pool = {
+                "transfer": {s.candidate.name: 1.0 for s in within_one_se(tr, width)},
+                "target": {s.candidate.name: 1.0 for s in within_one_se(to, width)},
+            }
+            return guarded_pool(kind, y, splits, oof, pool)
+
+        return rule
+
+    guarded_close = guarded_close_within(1.0)
 
     def best_single(kind: str, y: np.ndarray, splits: Any, oof: dict[str, Any]) -> dict:
         return {selection.best(split_scores(kind, y, splits, oof)).candidate.name: 1.0}
@@ -268,6 +322,9 @@ def rules() -> dict[str, Any]:
         "stacked (simplex, OOF Brier)": stacked,
         "guard over singles and blends": guarded_blends,
         "guard, groups blend within 1 SE": guarded_close,
+        "guard, groups blend within 1.5 SE": guarded_close_within(1.5),
+        "guard, groups blend within 2 SE": guarded_close_within(2.0),
+        "guard, groups blend within 3 SE": guarded_close_within(3.0),
     }
 
 
@@ -280,6 +337,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--dump", help="write the collected predictions to this pickle")
     parser.add_argument("--load", help="read collected predictions instead of training")
+    parser.add_argument(
+        "--repeat-scale", type=int, default=1, help="collect this many times auto's repeats"
+    )
+    parser.add_argument("--only", help="comma-separated substrings of the rules to apply")
+    parser.add_argument(
+        "--variants",
+        default="1:0:0",
+        help="repeat scale:forest:bag, e.g. 1:0:0,2:1:f (bag 0: the all-row fit; 1: the mean "
+        "of the fold models; f: of the first repeat's)",
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     if args.load:
@@ -292,7 +359,10 @@ def main(argv: list[str] | None = None) -> int:
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(max_workers=max(1, args.workers)) as pool:
-            futures = {t.name: pool.submit(collect, t, args.seeds, args.epochs) for t in tasks}
+            futures = {
+                t.name: pool.submit(collect, t, args.seeds, args.epochs, args.repeat_scale)
+                for t in tasks
+            }
             outcomes = {}
             for name, future in futures.items():
                 outcomes[name] = future.result()
@@ -304,8 +374,19 @@ def main(argv: list[str] | None = None) -> int:
         if not names:
             continue
         print(f"\n{half} half, {len(names)} tasks:")
-        for rule_name, rule in rules().items():
-            verdicts = {n: judge(outcomes[n], rule) for n in names}
+        chosen_rules = {
+            n: r
+            for n, r in rules().items()
+            if not args.only or any(w in n for w in args.only.split(","))
+        }
+        variants = [
+            (float(v.split(":")[0]), v.split(":")[1] == "1", [*v.split(":"), "0"][2])
+            for v in args.variants.split(",")
+        ]
+        for (rule_name, rule), (scale, forest, bag) in (
+            (r, v) for r in chosen_rules.items() for v in variants
+        ):
+            verdicts = {n: judge(outcomes[n], rule, scale, forest, bag) for n in names}
             within = sum(v["within_best"] for v in verdicts.values())
             below = sum(not v["not_below_target_only"] for v in verdicts.values())
             regret = np.mean([v["regret"] for v in verdicts.values()])
@@ -313,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{n} ({v['regret']:+.3f})" for n, v in verdicts.items() if not v["within_best"]
             )
             print(
-                f"  {rule_name:44} within {within:2}/{len(names)}  below {below}  "
+                f"  {rule_name:44} x{scale:g}{' +forest' if forest else ''} bag {bag} "
+                f"within {within:2}/{len(names)}  below {below}  "
                 f"mean regret {regret:.3f}\n      misses: {misses}"
             )
     print(f"\n{time.perf_counter() - started:.0f} s")
