@@ -90,6 +90,11 @@ def test_the_iris_flow_from_the_dashboard(
     expect(page.locator("#job-log")).to_contain_text("job succeeded")
 
     page.click("a[data-nav=start]")
+    # The strategies offered are the registry's (the OpenAPI document's enum), auto first.
+    from app.ml.transfer import registry
+
+    offered = page.locator("#ft-strategy option").all_inner_texts()
+    assert offered == ["auto", *registry.names()]
     page.select_option("#ft-base", "iris-source")
     page.select_option("#ft-dataset", datasets["iris[100:150]"])
     page.select_option("#ft-strategy", "feature")

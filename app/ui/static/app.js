@@ -651,9 +651,24 @@ async function datasetView(root, id) {
 
 // ---- start: the Iris flow (or any dataset) from the page ---------------------------------
 
+// The strategies a fine-tuning job accepts, as the server's strategy registry declares them
+// (the OpenAPI document's enum), auto first; a list kept here would miss new strategies.
+let strategyNames = null;
+async function strategyChoices() {
+  if (strategyNames === null) {
+    const response = await fetch("/openapi.json");
+    const names = response.ok
+      ? (await response.json()).components.schemas.FineTuningCreate.properties.strategy.enum
+      : [];
+    strategyNames = ["auto", ...names.filter((n) => n !== "auto")];
+  }
+  return strategyNames;
+}
+
 async function startView(root) {
   const datasets = (await api("GET", "/v1/datasets?limit=100")).data;
   const models = (await api("GET", "/v1/models?limit=100")).data;
+  const strategies = await strategyChoices();
   const message = h("p", { id: "start-message", role: "status" });
   const say = (text, error) => { message.textContent = text; message.className = error ? "error" : ""; };
   const datasetSelect = (id) => h("select", { id, "aria-label": id }, datasets.map((d) => h("option", { value: d.id }, `${d.name} (${d.id})`)));
@@ -686,7 +701,7 @@ async function startView(root) {
   const ftDataset = datasetSelect("ft-dataset");
   const ftTarget = h("input", { id: "ft-target", value: "target", "aria-label": "target column" });
   const ftModel = h("input", { id: "ft-model", value: "iris-target", "aria-label": "model name" });
-  const strategy = h("select", { id: "ft-strategy", "aria-label": "strategy" }, ["auto", "parameter", "feature", "structure", "lp_ft", "l2_sp", "joint", "scratch", "linear"].map((n) => h("option", { value: n }, n)));
+  const strategy = h("select", { id: "ft-strategy", "aria-label": "strategy" }, strategies.map((n) => h("option", { value: n }, n)));
   const ftEpochs = h("input", { id: "ft-epochs", type: "number", min: 1, value: 30, "aria-label": "epochs" });
   const ftForm = h("form", { class: "inline", id: "fine-tune-form", onsubmit: async (event) => {
     event.preventDefault();
