@@ -215,19 +215,142 @@ class Ensemble(nn.Module):
         self.register_buffer("weights", torch.tensor([w / total for w in weights]))
         self.register_buffer("input_scale", torch.ones(len(members), width))
         self.register_buffer("input_shift", torch.zeros(len(members), width))
+        self.register_load_state_dict_post_hook(lambda module, _: module.forget_stacks())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+        if self.training or exporting or torch.is_grad_enabled():
+            # Exports trace the plain loop: one graph of the members as they are declared.
+            return self._finish(self._mean_of(x, range(len(self.members))))
+        groups, alone = self._stacks()
+        total = self._mean_of(x, alone) if alone else None
+        for stack in groups:
+            out = stack.forward(x, self.input_scale, self.input_shift, self.combine)
+            out = torch.einsum("k,knc->nc", self.weights[stack.index], out)
+            total = out if total is None else total + out
+        assert total is not None
+        return self._finish(total)
+
+    def _mean_of(self, x: torch.Tensor, members: "range | list[int]") -> torch.Tensor:
+        """The weighted sum of these members' outputs (probabilities, or regression values)."""
         total = torch.zeros(0)
-        for i, member in enumerate(self.members):
-            out = member(x * self.input_scale[i] + self.input_shift[i])
+        for position, i in enumerate(members):
+            out = self.members[i](x * self.input_scale[i] + self.input_shift[i])
             if self.combine == "probabilities":
                 out = torch.softmax(out, dim=1)
             out = out * self.weights[i]
-            total = out if i == 0 else total + out
+            total = out if position == 0 else total + out
+        return total
+
+    def _finish(self, total: torch.Tensor) -> torch.Tensor:
         if self.combine == "probabilities":
             # A log of 0 would be -inf, and softmax of a row holding one is NaN.
             return torch.log(total.clamp_min(1e-30))
         return total
+
+    def _stacks(self) -> tuple[list["_StackedMLPs"], list[int]]:
+        """Members that are MLPs of one shape, grouped so each group runs as batched matrix
+        products (auto delivers 8 fold models of a candidate: one by one, a prediction of one
+        row paid 8 times the per-layer overhead); the other members' indices.
+
+        Built at the first inference and kept until the weights may change: loading a state
+        dict, `train()`/`eval()`, or moving the model (`to`, `float`, ...). Weights edited in
+        place after that need `forget_stacks()`.
+        """
+        cached = self.__dict__.get("_stack_cache")
+        if cached is not None:
+            return cached
+        shapes: dict[tuple[Any, ...], list[int]] = {}
+        alone: list[int] = []
+        for i, member in enumerate(self.members):
+            shape = _mlp_shape(member)
+            if shape is None:
+                alone.append(i)
+            else:
+                shapes.setdefault(shape, []).append(i)
+        groups = []
+        for indices in shapes.values():
+            if len(indices) == 1:
+                alone.extend(indices)
+            else:
+                groups.append(_StackedMLPs([self.members[i] for i in indices], indices))
+        alone.sort()
+        self.__dict__["_stack_cache"] = (groups, alone)
+        return groups, alone
+
+    def forget_stacks(self) -> None:
+        self.__dict__.pop("_stack_cache", None)
+
+    def train(self, mode: bool = True) -> "Ensemble":
+        self.forget_stacks()
+        return super().train(mode)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> "Ensemble":
+        self.forget_stacks()
+        return super()._apply(fn, recurse)
+
+
+def _mlp_shape(member: nn.Module) -> tuple[Any, ...] | None:
+    """The layer sizes and activation of a plain MLP (Linear, activation, Dropout per hidden
+    layer, then a Linear head); None for any other model."""
+    if type(member) is not MLP:
+        return None
+    shape: list[Any] = []
+    layers = list(member.trunk)
+    if len(layers) % 3:
+        return None
+    for linear, activation, dropout in zip(layers[::3], layers[1::3], layers[2::3], strict=True):
+        if not (
+            isinstance(linear, nn.Linear)
+            and type(activation) in ACTIVATIONS.values()
+            and isinstance(dropout, nn.Dropout)
+            and linear.bias is not None
+        ):
+            return None
+        shape.append((linear.in_features, linear.out_features, type(activation)))
+    return (*shape, (member.head.in_features, member.head.out_features))
+
+
+class _StackedMLPs:
+    """MLPs of one shape as stacked weights: member k's layer i is weight[i][k]."""
+
+    # Rows per pass times members: (members x rows x width) pieces stay in cache (1,000 rows
+    # through 16 members took 6.7 ms in one pass, 3.9 ms in pieces of 256 rows).
+    PIECE = 4096
+
+    def __init__(self, members: list[nn.Module], indices: list[int]) -> None:
+        self.index = torch.tensor(indices)
+        linears = [[m for m in member.modules() if isinstance(m, nn.Linear)] for member in members]
+        self.activations = [m for m in members[0].modules() if type(m) in ACTIVATIONS.values()]
+        depth = len(linears[0])
+        self.weight = [
+            torch.stack([ls[i].weight.detach().T for ls in linears]) for i in range(depth)
+        ]
+        self.bias = [
+            torch.stack([ls[i].bias.detach() for ls in linears]).unsqueeze(1) for i in range(depth)
+        ]
+
+    def forward(
+        self, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, combine: str
+    ) -> torch.Tensor:
+        """Every member's output, (members, rows, outputs), probabilities if `combine` asks."""
+        rows = max(64, self.PIECE // len(self.index))
+        if len(x) > rows:
+            return torch.cat([self.forward(p, scale, shift, combine) for p in x.split(rows)], 1)
+        scale, shift = scale[self.index].unsqueeze(1), shift[self.index].unsqueeze(1)
+        h = torch.addcmul(shift, x.unsqueeze(0), scale)
+        for layer, (weight, bias) in enumerate(zip(self.weight, self.bias, strict=True)):
+            h = torch.baddbmm(bias, h, weight)
+            if layer < len(self.activations):
+                activation = self.activations[layer]
+                # In place: a fresh (members x rows x width) tensor per layer took longer
+                # than the layer's matrix product for 1,000 rows.
+                h = h.clamp_(min=0) if type(activation) is nn.ReLU else activation(h)
+        if combine != "probabilities":
+            return h
+        # torch.softmax over a last axis of a few classes is ~4x slower than this.
+        h = torch.exp(h - h.amax(dim=2, keepdim=True))
+        return h / h.sum(dim=2, keepdim=True)
 
 
 ENSEMBLE_COMBINE = ("probabilities", "mean")

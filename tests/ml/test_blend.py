@@ -39,6 +39,56 @@ class TestEnsemble:
         with torch.no_grad():
             assert torch.allclose(ensemble(x), (members[0](x) + members[1](x)) / 2, atol=1e-6)
 
+    @pytest.mark.parametrize("combine, output_dim", [("probabilities", 3), ("mean", 1)])
+    def test_stacked_members_predict_as_the_loop_does(self, combine: str, output_dim: int):
+        """In inference, MLPs of one shape run as batched matrix products; the answer is the
+        loop's, with other members (another shape, a linear model) beside them, and it
+        follows weights loaded later."""
+        from app.ml.forest import fit_forest
+
+        torch.manual_seed(0)
+        wide = {**ARCHITECTURE, "hidden_layers": [16, 8]}
+        linear = {**ARCHITECTURE, "hidden_layers": []}
+        members = [build_model(ARCHITECTURE, 4, output_dim) for _ in range(3)]
+        members += [build_model(wide, 4, output_dim), build_model(linear, 4, output_dim)]
+        members += [build_model(wide, 4, output_dim)]
+        if output_dim > 1:
+            rows = np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32)
+            members.append(
+                fit_forest(
+                    rows, np.arange(30) % 3, {"task": "classification", "classes": [0, 1, 2]}
+                )[0]
+            )
+        weights = [1.0 + i for i in range(len(members))]
+        ensemble = Ensemble([m.eval() for m in members], weights, combine, 4).eval()
+        ensemble.input_scale[1:3] = torch.tensor([2.0, 0.5, 1.0, 3.0])
+        ensemble.input_shift[2:] = torch.tensor([0.1, -0.2, 0.0, 1.0])
+        x = torch.randn(7, 4)
+        with torch.inference_mode():
+            stacked = ensemble(x)
+        groups, alone = ensemble._stacks()
+        assert [g.index.tolist() for g in groups] == [[0, 1, 2], [3, 5]]
+        assert alone == ([4, 6] if output_dim > 1 else [4])
+        with torch.no_grad():
+            # The plain loop, member by member.
+            looped = ensemble._finish(ensemble._mean_of(x, range(len(members))))
+        assert torch.allclose(stacked, looped, atol=1e-5)
+        # Other weights loaded: the stacks follow.
+        state = ensemble.state_dict()
+        state["members.1.head.weight"] = state["members.1.head.weight"] * -2.0
+        ensemble.load_state_dict(state)
+        with torch.no_grad():
+            looped = ensemble._finish(ensemble._mean_of(x, range(len(members))))
+        with torch.inference_mode():
+            assert torch.allclose(ensemble(x), looped, atol=1e-5)
+            # Many rows go through in pieces, with the same answer.
+            many = torch.randn(2000, 4)
+            pieces = ensemble(many)
+        with torch.no_grad():
+            assert torch.allclose(
+                pieces, ensemble._finish(ensemble._mean_of(many, range(len(members)))), atol=1e-5
+            )
+
     def test_bad_members_or_weights_are_refused(self):
         with pytest.raises(ValueError, match="combine"):
             Ensemble([_mlp(1)], [1.0], "vote", 4)
