@@ -190,15 +190,17 @@ def paired(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff)))
 
 
-def within_one_se(scores: list[Any], se: float = 1.0) -> list[Any]:
+def within_one_se(scores: list[Any], se: float = 1.0, most: int | None = None) -> list[Any]:
+    """The best and every score within `se` standard errors of it, best first; at most
+    `most` of them."""
     top = selection.best(scores)
     close = [top]
-    for score in scores:
+    for score in sorted(scores, key=lambda s: -s.selection_mean):
         if score is not top:
             gain, error = paired(np.asarray(top.selection), np.asarray(score.selection))
             if gain <= se * error:
                 close.append(score)
-    return close
+    return close[:most]
 
 
 def stack_weights(
@@ -289,16 +291,16 @@ def rules() -> dict[str, Any]:
         pool["top3"] = {s.candidate.name: 1.0 for s in ranked[:3]}
         return guarded_pool(kind, y, splits, oof, pool)
 
-    def guarded_close_within(width: float) -> Any:
+    def guarded_close_within(width: float, most: int | None = None) -> Any:
         def rule(kind: str, y: np.ndarray, splits: Any, oof: dict[str, Any]) -> dict:
             """The shipped guard between groups, but each group delivers the blend of its
-            members within `width` standard errors of its best."""
+            members within `width` standard errors of its best (at most `most`)."""
             scores = split_scores(kind, y, splits, oof)
             tr = [s for s in scores if s.candidate.uses_source]
             to = [s for s in scores if not s.candidate.uses_source]
             pool = {
-                "transfer": {s.candidate.name: 1.0 for s in within_one_se(tr, width)},
-                "target": {s.candidate.name: 1.0 for s in within_one_se(to, width)},
+                "transfer": {s.candidate.name: 1.0 for s in within_one_se(tr, width, most)},
+                "target": {s.candidate.name: 1.0 for s in within_one_se(to, width, most)},
             }
             return guarded_pool(kind, y, splits, oof, pool)
 
@@ -325,6 +327,10 @@ def rules() -> dict[str, Any]:
         "guard, groups blend within 1.5 SE": guarded_close_within(1.5),
         "guard, groups blend within 2 SE": guarded_close_within(2.0),
         "guard, groups blend within 3 SE": guarded_close_within(3.0),
+        "guard, groups blend within 1.5 SE, at most 2": guarded_close_within(1.5, 2),
+        "guard, groups blend within 1.5 SE, at most 3": guarded_close_within(1.5, 3),
+        "guard, groups blend within 1.5 SE, at most 4": guarded_close_within(1.5, 4),
+        "guard, groups blend within 2 SE, at most 3": guarded_close_within(2.0, 3),
     }
 
 
