@@ -505,8 +505,8 @@ class TestBlend:
         assert version["strategy"] == "parameter"
         messages = [e["message"] for e in events(client, job_id)]
         assert any(
-            "served as one model: the mean of the fold models of parameter/source (2), "
-            "linear/target (1)" in m
+            "served as one model: the mean of parameter/source (2), "
+            "linear/target (fitted on every row)" in m
             for m in messages
         )
         # Epoch events and progress show the first fold model's training.

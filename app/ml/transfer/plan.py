@@ -305,36 +305,12 @@ def _bag(
             fits = [train_candidate(member, data, request.settings, every_row, every_row[:0])]
         parts.append((member, fits))
     if len(parts) == 1 and len(parts[0][1]) == 1:
+        for note in parts[0][1][0].notes:
+            say("log", note)
         return parts[0][1][0]
+    model, architecture = _ensemble(parts, data)
+    architecture["fold_models"] = [len(fits) for _, fits in parts]
     primary = members[0].normalization
-    models, weights, architectures_ = [], [], []
-    for _, fits in parts:
-        for fit in fits:
-            models.append(fit.model)
-            weights.append(1.0 / len(fits))
-            architectures_.append(fit.architecture or data.architecture)
-    width = int(data.architecture["input_dim"])
-    combine = "probabilities" if data.task == "classification" else "mean"
-    model = architectures.Ensemble(models, weights, combine, width)
-    position = 0
-    for member, fits in parts:
-        if member.normalization != primary:
-            scale, shift = _rescaling(data, primary, member.normalization)
-            for i in range(position, position + len(fits)):
-                model.input_scale[i] = torch.as_tensor(scale, dtype=torch.float32)
-                model.input_shift[i] = torch.as_tensor(shift, dtype=torch.float32)
-        position += len(fits)
-    model.eval()
-    architecture = {
-        "type": "ensemble",
-        "members": architectures_,
-        "weights": weights,
-        "combine": combine,
-        "candidates": [m.name for m in members],
-        "fold_models": [len(fits) for _, fits in parts],
-        "input_dim": width,
-        "output_dim": data.output_dim,
-    }
     x = data.x[primary]
     metrics = {
         "train": training.evaluate(model, x, data.y, data.target_spec),
@@ -345,9 +321,12 @@ def _bag(
     result = training.TrainResult(
         first.epochs_run, first.best_epoch, first.stopped_early, first.history, metrics
     )
-    described = ", ".join(f"{m.name} ({len(f)})" for m, f in parts)
+    described = ", ".join(
+        f"{m.name} (fitted on every row)" if m.spec.closed_form else f"{m.name} ({len(f)})"
+        for m, f in parts
+    )
     notes = [
-        f"served as one model: the mean of the fold models of {described}, trained during "
+        f"served as one model: the mean of {described}; fold models were trained during "
         "cross-validation"
     ]
     say("log", notes[0])
@@ -421,26 +400,9 @@ def _train_blend(
         for note in trained.notes:
             say("log", f"{member.name}: {note}")
         trained_members.append(trained)
-    width = int(data.architecture["input_dim"])
-    combine = "probabilities" if data.task == "classification" else "mean"
-    model = architectures.Ensemble(
-        [t.model for t in trained_members], [1.0] * len(members), combine, width
+    model, architecture = _ensemble(
+        [(m, [t]) for m, t in zip(members, trained_members, strict=True)], data
     )
-    for i, member in enumerate(members):
-        if member.normalization != primary:
-            scale, shift = _rescaling(data, primary, member.normalization)
-            model.input_scale[i] = torch.as_tensor(scale, dtype=torch.float32)
-            model.input_shift[i] = torch.as_tensor(shift, dtype=torch.float32)
-    model.eval()
-    architecture = {
-        "type": "ensemble",
-        "members": [t.architecture or data.architecture for t in trained_members],
-        "weights": [1.0] * len(members),
-        "combine": combine,
-        "candidates": [m.name for m in members],
-        "input_dim": width,
-        "output_dim": data.output_dim,
-    }
     first = trained_members[0].result
     x = data.x[primary]
     metrics = {
@@ -457,6 +419,42 @@ def _train_blend(
     notes = [f"served as one model: the mean of {', '.join(m.name for m in members)}"]
     say("log", notes[0])
     return Trained(model, result, notes, architecture=architecture)
+
+
+def _ensemble(
+    parts: list[tuple[Candidate, list[Trained]]], data: TransferData
+) -> tuple[architectures.Ensemble, dict[str, Any]]:
+    """Each candidate's models as one `Ensemble` reading the first candidate's scaling (an
+    exact per-input map to each other candidate's), each candidate weighing the same."""
+    primary = parts[0][0].normalization
+    models, weights, members = [], [], []
+    for _, fits in parts:
+        for fit in fits:
+            models.append(fit.model)
+            weights.append(1.0 / len(fits))
+            members.append(fit.architecture or data.architecture)
+    width = int(data.architecture["input_dim"])
+    combine = "probabilities" if data.task == "classification" else "mean"
+    model = architectures.Ensemble(models, weights, combine, width)
+    position = 0
+    for candidate, fits in parts:
+        if candidate.normalization != primary:
+            scale, shift = _rescaling(data, primary, candidate.normalization)
+            for i in range(position, position + len(fits)):
+                model.input_scale[i] = torch.as_tensor(scale, dtype=torch.float32)
+                model.input_shift[i] = torch.as_tensor(shift, dtype=torch.float32)
+        position += len(fits)
+    model.eval()
+    architecture = {
+        "type": "ensemble",
+        "members": members,
+        "weights": weights,
+        "combine": combine,
+        "candidates": [candidate.name for candidate, _ in parts],
+        "input_dim": width,
+        "output_dim": data.output_dim,
+    }
+    return model, architecture
 
 
 def _rescaling(data: TransferData, source: str, target: str) -> tuple[np.ndarray, np.ndarray]:
