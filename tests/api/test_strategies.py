@@ -230,6 +230,80 @@ class TestAuto:
         prediction = client.post("/v1/models/auto/predict", json={"instances": [[2.0, 0.0]]})
         assert prediction.status_code == 200, prediction.text
 
+    def test_regression_delivers_its_fold_models_with_out_of_fold_metrics(
+        self, client: TestClient, database: Database, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        import onnxruntime as ort
+
+        from app.ml.transfer import selection as selection_module
+
+        real_choose = selection_module.choose
+
+        def choose_parameter(scores: Any, metric: str = "score", blender: Any = None) -> Any:
+            # On a linear target the closed-form linear model may win, which has no folds to
+            # deliver; the guard's choice is replaced by a transfer candidate that has them.
+            choice = real_choose(scores, metric, blender)
+            choice.chosen = next(s for s in scores if s.candidate.name == "parameter/source")
+            return choice
+
+        monkeypatch.setattr(selection_module, "choose", choose_parameter)
+        rng = np.random.default_rng(3)
+
+        def frame(rows: int, shift: float) -> pd.DataFrame:
+            x1, x2 = rng.normal(shift, 1.0, rows), rng.normal(0.0, 1.0, rows)
+            y = 3.0 * x1 - 2.0 * x2 + 50.0 + rng.normal(0.0, 0.3, rows)
+            return pd.DataFrame({"x1": x1, "x2": x2, "y": y})
+
+        source = upload(client, "src.csv", csv_bytes(frame(150, 0.0))).json()["id"]
+        target = upload(client, "tgt.csv", csv_bytes(frame(40, 1.0))).json()["id"]
+        response = client.post(
+            "/v1/jobs/source-training",
+            json={
+                "dataset_id": source,
+                "target_column": "y",
+                "task": "regression",
+                "model_name": "reg-src",
+                "architecture": {"hidden_layers": [10, 10]},
+                "hyperparameters": FAST,
+            },
+        )
+        assert response.status_code == 202, response.text
+        run_pending_jobs(database)
+        response = client.post(
+            "/v1/jobs/fine-tuning",
+            json={
+                "base_model": {"name": "reg-src", "version": 1},
+                "dataset_id": target,
+                "target_column": "y",
+                "model_name": "reg-auto",
+                "strategy": "auto",
+                "hyperparameters": QUICK_CV,
+            },
+        )
+        assert response.status_code == 202, response.text
+        run_pending_jobs(database)
+        job = client.get(f"/v1/jobs/{response.json()['id']}").json()
+        assert job["status"] == "succeeded", job
+        version = client.get("/v1/models/reg-auto/versions/1").json()
+        validation = version["metrics"]["validation"]
+        assert version["metrics"]["selection"]["members"] == ["parameter/source"]
+        assert version["architecture"]["type"] == "ensemble"
+        assert version["architecture"]["combine"] == "mean"
+        assert version["architecture"]["fold_models"] == [2]
+        assert version["metrics"]["rows"] == {"train": 40, "validation": 40}
+        # Out-of-fold R² and errors in the target's own units, like any version's.
+        assert {"r2", "mae", "rmse"} <= set(validation)
+        assert validation["r2"] > 0.5 and validation["rmse"] < 3.0
+        rows = np.array([[1.0, 0.0], [2.0, 1.0], [0.0, -1.0]], dtype=np.float32)
+        answer = client.post("/v1/models/reg-auto/predict", json={"instances": rows.tolist()})
+        assert answer.status_code == 200, answer.text
+        predicted = np.array(answer.json()["predictions"], dtype=np.float64)
+        assert np.abs(predicted - (3.0 * rows[:, 0] - 2.0 * rows[:, 1] + 50.0)).max() < 3.0
+        exported = client.get("/v1/models/reg-auto/versions/1/export", params={"format": "onnx"})
+        assert exported.status_code == 200, exported.text
+        (values,) = ort.InferenceSession(exported.content).run(None, {"features": rows})
+        assert np.abs(values - predicted).max() <= 1e-4 * np.abs(predicted).max()
+
     def test_target_only_pick_when_the_source_misleads(
         self, client: TestClient, database: Database
     ) -> None:
