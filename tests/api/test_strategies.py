@@ -71,6 +71,22 @@ def events(client: TestClient, job_id: str) -> list[dict[str, Any]]:
     return found
 
 
+def force_choice(monkeypatch: pytest.MonkeyPatch, members: list[str]) -> None:
+    """auto runs its cross-validation and guard as shipped, then delivers `members` (blended
+    when several) instead of the guard's choice: a test of what a delivery looks like."""
+    from app.ml.transfer import selection as selection_module
+
+    real_choose = selection_module.choose
+
+    def choose(scores: Any, metric: str = "score", blender: Any = None) -> Any:
+        choice = real_choose(scores, metric, blender)
+        by_name = {s.candidate.name: s for s in scores}
+        choice.chosen = blender([by_name[name] for name in members])
+        return choice
+
+    monkeypatch.setattr(selection_module, "choose", choose)
+
+
 class TestStrategies:
     def test_each_new_strategy_trains_serves_and_reports(
         self, client: TestClient, database: Database
@@ -235,18 +251,9 @@ class TestAuto:
     ) -> None:
         import onnxruntime as ort
 
-        from app.ml.transfer import selection as selection_module
-
-        real_choose = selection_module.choose
-
-        def choose_parameter(scores: Any, metric: str = "score", blender: Any = None) -> Any:
-            # On a linear target the closed-form linear model may win, which has no folds to
-            # deliver; the guard's choice is replaced by a transfer candidate that has them.
-            choice = real_choose(scores, metric, blender)
-            choice.chosen = next(s for s in scores if s.candidate.name == "parameter/source")
-            return choice
-
-        monkeypatch.setattr(selection_module, "choose", choose_parameter)
+        # On a linear target the closed-form linear model may win, which has no folds to
+        # deliver; a transfer candidate that has them is delivered instead.
+        force_choice(monkeypatch, ["parameter/source"])
         rng = np.random.default_rng(3)
 
         def frame(rows: int, shift: float) -> pd.DataFrame:
@@ -552,20 +559,10 @@ class TestBlend:
         import onnxruntime as ort
         import torch
 
-        from app.ml.transfer import selection as selection_module
-
-        real_choose = selection_module.choose
+        # A blend of a transfer candidate on the source's scaling and a target-only one on
+        # the target's.
         members = ["parameter/source", "linear/target"]
-
-        def choose_a_blend(scores: Any, metric: str = "score", blender: Any = None) -> Any:
-            # The guard's own choice, replaced by a blend of a transfer candidate on the
-            # source's scaling and a target-only one on the target's.
-            choice = real_choose(scores, metric, blender)
-            by_name = {s.candidate.name: s for s in scores}
-            choice.chosen = blender([by_name[name] for name in members])
-            return choice
-
-        monkeypatch.setattr(selection_module, "choose", choose_a_blend)
+        force_choice(monkeypatch, members)
         _, target = source_and_target(client, database, shift=1.0)
         job_id = fine_tune(client, target, "blend", "auto")
         run_pending_jobs(database)
@@ -696,7 +693,6 @@ class TestForest:
         import dataclasses
 
         from app.ml.transfer import registry
-        from app.ml.transfer import selection as selection_module
 
         # auto does not try the forest as shipped; a deployment that declared it a candidate
         # would blend it like any other.
@@ -705,16 +701,7 @@ class TestForest:
             "forest",
             dataclasses.replace(registry.get("forest"), in_auto=True),
         )
-        real_choose = selection_module.choose
-        members = ["parameter/source", "forest/target"]
-
-        def choose_a_blend(scores: Any, metric: str = "score", blender: Any = None) -> Any:
-            choice = real_choose(scores, metric, blender)
-            by_name = {s.candidate.name: s for s in scores}
-            choice.chosen = blender([by_name[name] for name in members])
-            return choice
-
-        monkeypatch.setattr(selection_module, "choose", choose_a_blend)
+        force_choice(monkeypatch, ["parameter/source", "forest/target"])
         _, target = source_and_target(client, database, shift=1.0)
         job_id = fine_tune(client, target, "blend-trees", "auto")
         run_pending_jobs(database)
