@@ -49,9 +49,11 @@ def source_and_target(
     return source, target
 
 
-def fine_tune(client: TestClient, target: str, name: str, strategy: str, **extra: Any) -> str:
+def request_fine_tuning(
+    client: TestClient, target: str, name: str, strategy: str, *, base: str = "src", **extra: Any
+) -> Any:
     body = {
-        "base_model": {"name": "src", "version": 1},
+        "base_model": {"name": base, "version": 1},
         "dataset_id": target,
         "target_column": "label",
         "model_name": name,
@@ -59,7 +61,11 @@ def fine_tune(client: TestClient, target: str, name: str, strategy: str, **extra
         "hyperparameters": QUICK_CV,
         **extra,
     }
-    response = client.post("/v1/jobs/fine-tuning", json=body)
+    return client.post("/v1/jobs/fine-tuning", json=body)
+
+
+def fine_tune(client: TestClient, target: str, name: str, strategy: str, **extra: Any) -> str:
+    response = request_fine_tuning(client, target, name, strategy, **extra)
     assert response.status_code == 202, response.text
     job_id: str = response.json()["id"]
     return job_id
@@ -604,17 +610,7 @@ class TestBlend:
         with torch.no_grad():
             assert np.abs(module(torch.from_numpy(rows), {}).numpy() - probabilities).max() <= 1e-5
 
-        refused = client.post(
-            "/v1/jobs/fine-tuning",
-            json={
-                "base_model": {"name": "blend", "version": 1},
-                "dataset_id": target,
-                "target_column": "label",
-                "model_name": "from-blend",
-                "strategy": "parameter",
-                "hyperparameters": QUICK_CV,
-            },
-        )
+        refused = request_fine_tuning(client, target, "from-blend", "parameter", base="blend")
         problem = assert_problem(refused, 422, "base_is_ensemble")
         assert "parameter/source, linear/target" in problem["detail"]
         assert "src version 1" in problem["detail"]
@@ -673,17 +669,7 @@ class TestForest:
         # x1 decides the label (a: x1 above the shift); the forest learned that much.
         assert probabilities[0].argmax() != probabilities[1].argmax()
 
-        refused = client.post(
-            "/v1/jobs/fine-tuning",
-            json={
-                "base_model": {"name": "trees", "version": 1},
-                "dataset_id": target,
-                "target_column": "label",
-                "model_name": "from-trees",
-                "strategy": "parameter",
-                "hyperparameters": QUICK_CV,
-            },
-        )
+        refused = request_fine_tuning(client, target, "from-trees", "parameter", base="trees")
         problem = assert_problem(refused, 422, "base_is_forest")
         assert "src version 1" in problem["detail"]
 
