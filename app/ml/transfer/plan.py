@@ -218,18 +218,12 @@ def fine_tune(
         )
     choice = members[0]
 
-    # The final model is what a job naming the chosen candidate delivers: trained on the
-    # target rows less a validation share whose loss picks the best epoch, exactly as each
-    # cross-validation fold trained it, so that its score estimates what is delivered. A
-    # blend delivers each member so trained, served as one model.
-    train_idx, val_idx = holdout(
-        choice, data, np.arange(len(data.y)), request.validation_fraction, settings.seed
-    )
+    every_row = np.arange(len(data.y))
     if bagging and chosen is not None:
+        # auto on rows x features delivers the fold models its cross-validation trained
+        # (`_bag`): together they trained on every row, and validated each row by the models
+        # that did not see it; a closed-form model alone saw every row.
         trained = _bag(members, fold_fits, chosen, splits[:folds], data, request, say)
-        # The fold models together trained on every row, and validated each row by the
-        # models that did not see it; a closed-form model alone saw every row.
-        every_row = np.arange(len(data.y))
         out_of_fold = any(not m.spec.closed_form for m in members)
         train_idx, val_idx = every_row, every_row if out_of_fold else every_row[:0]
         if on_epoch is not None and trained.result.history:
@@ -238,14 +232,24 @@ def fine_tune(
             say("log", f"epochs of the first fold model of {members[0].name}:")
             for entry in trained.result.history:
                 on_epoch(_epoch_metrics(entry))
-    elif len(members) == 1:
-        trained = train_candidate(
-            choice, data, settings, train_idx, val_idx, on_epoch=on_epoch, on_batch=on_batch
-        )
-        for note in trained.notes:
-            say("log", note)
     else:
-        trained = _train_blend(members, data, request, train_idx, val_idx, on_epoch, on_batch, say)
+        # What a job naming the chosen candidate delivers: trained on the target rows less a
+        # validation share whose loss picks the best epoch, exactly as each cross-validation
+        # fold trained it, so that its score estimates what is delivered. A blend delivers
+        # each member so trained, served as one model.
+        train_idx, val_idx = holdout(
+            choice, data, every_row, request.validation_fraction, settings.seed
+        )
+        if len(members) == 1:
+            trained = train_candidate(
+                choice, data, settings, train_idx, val_idx, on_epoch=on_epoch, on_batch=on_batch
+            )
+            for note in trained.notes:
+                say("log", note)
+        else:
+            trained = _train_blend(
+                members, data, request, train_idx, val_idx, on_epoch, on_batch, say
+            )
 
     summary = _report(choice, chosen, scores, metric, folds, repeats, choice_info)
     if summary["negative_transfer"]:
